@@ -1,0 +1,5 @@
+import sys
+
+from ivcprune.cli import main
+
+sys.exit(main())
