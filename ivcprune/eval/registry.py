@@ -1,0 +1,308 @@
+"""Model registry: names -> family, checkpoint and settings, read from YAML data (HARNESS §8).
+
+The YAML files live in the ``registry/`` data folder next to this module (no ``__init__.py`` there, so the
+folder never shadows this module). Adding a model means adding YAML (``--model-config`` or
+``$IVCP_MODEL_CONFIGS``), never editing code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DATA_DIR = Path(__file__).with_name("registry")
+PRUNED_SUFFIXES = ("_IVCP", "_ivcp")
+KNOWN_KEYS = {"family", "checkpoint", "revision", "path_env", "dtype", "attn", "min_pixels", "max_pixels",
+              "max_tiles", "pruning", "generation", "box_scale", "aliases", "loader", "prompt_style", "description",
+              "options"}
+
+
+class RegistryError(ValueError):
+    """A usage error about model names or overrides (exit code 2)."""
+
+
+@dataclass
+class Entry:
+    """One resolved model: registry settings with every override applied."""
+
+    name: str  # output name (includes _r{F} / _k{K} when --retention / --layer are given)
+    registry_name: str
+    settings: dict = field(default_factory=dict)
+    checkpoint_source: str = "registry"  # "--model-path", "$ENV" or "registry"
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.settings["family"]
+
+    @property
+    def checkpoint(self) -> str:
+        return self.settings.get("checkpoint")
+
+    @property
+    def pruning(self) -> dict | None:
+        return self.settings.get("pruning")
+
+    def get(self, key, default=None):
+        return self.settings.get(key, default)
+
+    def fingerprint_payload(self) -> dict:
+        return {"registry_name": self.registry_name, "settings": self.settings, "overrides": self.overrides}
+
+    def describe(self) -> str:
+        p = self.pruning
+        prune = "baseline (no pruning)" if not p else f"{p.get('method', 'ivcp')} K={p.get('layer')} " \
+                                                       f"retention={p.get('retention')}"
+        return f"{self.name}: {self.family}, {self.checkpoint} ({self.checkpoint_source}), {prune}"
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _load_file(path: Path) -> dict[str, dict]:
+    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{path}: expected a mapping at the top level")
+    family = doc.get("family")
+    defaults = doc.get("defaults") or {}
+    models = doc.get("models") or {}
+    out: dict[str, dict] = {}
+    for name, spec in models.items():
+        spec = dict(spec or {})
+        unknown = set(spec) - KNOWN_KEYS
+        if unknown:
+            raise RegistryError(f"{path}: model {name!r} has unknown keys {sorted(unknown)}")
+        settings = _merge(copy.deepcopy(defaults), spec)
+        settings.setdefault("family", family)
+        if not settings.get("family"):
+            raise RegistryError(f"{path}: model {name!r} has no family")
+        settings["_source"] = str(path)
+        aliases = settings.pop("aliases", []) or []
+        for alias in [name, *aliases]:
+            out[alias] = copy.deepcopy(settings)
+            stem = _strip_suffix(alias)
+            if stem and settings.get("pruning"):
+                base = copy.deepcopy(settings)
+                base["pruning"] = None
+                out.setdefault(stem, base)
+    return out
+
+
+def _strip_suffix(name: str) -> str | None:
+    for suf in PRUNED_SUFFIXES:
+        if name.endswith(suf):
+            return name[: -len(suf)]
+    return None
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = _merge(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
+
+
+def config_files(extra: list[str] | None = None) -> list[Path]:
+    files = sorted(DATA_DIR.glob("*.yaml"))
+    env = os.environ.get("IVCP_MODEL_CONFIGS", "")
+    files += [Path(p) for p in env.split(os.pathsep) if p]
+    files += [Path(p) for p in (extra or [])]
+    for f in files:
+        if not f.is_file():
+            raise RegistryError(f"model config file not found: {f}")
+    return files
+
+
+def load_registry(extra: list[str] | None = None) -> dict[str, dict]:
+    """All names (IVCP entries, their baselines and aliases); later files override earlier ones."""
+    names: dict[str, dict] = {}
+    for f in config_files(extra):
+        names.update(_load_file(f))
+    return names
+
+
+# --------------------------------------------------------------------------------------------- resolution
+def nearest(name: str, names, n: int = 5) -> list[str]:
+    close = difflib.get_close_matches(name, list(names), n=n, cutoff=0.5)
+    if not close:
+        low = name.lower()
+        close = [x for x in names if low in x.lower() or x.lower() in low][:n]
+    return close
+
+
+def unknown_name_error(kind: str, name: str, names) -> RegistryError:
+    close = nearest(name, names)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return RegistryError(f"unknown {kind} {name!r}.{hint} Run 'ivcp list {kind}s' for all names.")
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` (dotted keys for nesting, values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise RegistryError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def _apply_set(settings: dict, sets: dict) -> None:
+    for key, value in sets.items():
+        parts = key.split(".")
+        if parts[0] not in KNOWN_KEYS - {"aliases"}:
+            raise RegistryError(f"--set {key}: unknown registry key {parts[0]!r} (known: {sorted(KNOWN_KEYS)})")
+        node = settings
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+
+
+def _fmt_number(x) -> str:
+    return format(float(x), "g") if isinstance(x, float) else str(x)
+
+
+def resolve(name: str, *, model_path: str | None = None, retention: float | None = None, layer: int | None = None,
+            sets: dict | None = None, extra_configs: list[str] | None = None,
+            registry: dict | None = None) -> Entry:
+    """Resolve one name; precedence for the checkpoint: --model-path > $<path_env> > registry checkpoint."""
+    reg = registry if registry is not None else load_registry(extra_configs)
+    if name not in reg:
+        raise unknown_name_error("model", name, reg)
+    settings = copy.deepcopy(reg[name])
+    settings.pop("_source", None)
+    overrides: dict = {}
+    out_name = name
+    if retention is not None or layer is not None:
+        if not settings.get("pruning"):
+            raise RegistryError(f"--retention/--layer apply to pruned (_IVCP/_ivcp) entries only; {name!r} is a "
+                                f"baseline")
+        if retention is not None:
+            if not 0.0 < float(retention) <= 1.0:
+                raise RegistryError(f"--retention must be in (0, 1], got {retention}")
+            settings["pruning"]["retention"] = float(retention)
+            overrides["retention"] = float(retention)
+            out_name += f"_r{_fmt_number(float(retention))}"
+        if layer is not None:
+            if int(layer) < 1:
+                raise RegistryError(f"--layer must be >= 1, got {layer}")
+            settings["pruning"]["layer"] = int(layer)
+            overrides["layer"] = int(layer)
+            out_name += f"_k{int(layer)}"
+    if sets:
+        _apply_set(settings, sets)
+        overrides["set"] = dict(sets)
+    source = "registry"
+    env = settings.get("path_env")
+    if model_path:
+        settings["checkpoint"] = str(model_path)
+        source = "--model-path"
+    elif env and os.environ.get(env):
+        settings["checkpoint"] = os.environ[env]
+        source = f"${env}"
+    if not settings.get("checkpoint"):
+        raise RegistryError(f"{name}: no checkpoint; pass --model-path or set ${env or '<path_env>'}")
+    return Entry(name=out_name, registry_name=name, settings=settings, checkpoint_source=source,
+                 overrides=overrides)
+
+
+def fingerprint(entry: Entry, *, prompt_style: str, image_mode: str, dataset_sig: str, major: int) -> str:
+    payload = {"entry": entry.fingerprint_payload(), "prompt_style": prompt_style, "image_mode": image_mode,
+               "harness_major": major, "dataset": dataset_sig}
+    blob = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- pruning methods
+METHODS = {
+    "ivcp": ("ivcprune", "IVCPrune"),
+    "ivc-prune": ("ivcprune", "IVCPrune"),
+}
+
+
+def make_method(pruning: dict | None):
+    """The pruning method object of a registry ``pruning:`` block, or None for a baseline.
+
+    ``method`` names an entry of METHODS (or ``module:Class``); every other key is passed to the constructor,
+    so a new method needs one line here and YAML, not runner changes.
+    """
+    if not pruning:
+        return None
+    import importlib
+
+    spec = dict(pruning)
+    name = str(spec.pop("method", "ivcp"))
+    if ":" in name:
+        module_name, cls_name = name.split(":", 1)
+    elif name.lower() in METHODS:
+        module_name, cls_name = METHODS[name.lower()]
+    else:
+        raise RegistryError(f"unknown pruning method {name!r} (known: {sorted(METHODS)}, or module:Class)")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    kwargs = {k: v for k, v in spec.items() if v is not None or k == "layer"}
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------- `ivcp list`
+def _print_models(extra: list[str] | None) -> None:
+    from ivcprune.eval.wrappers import family_status
+
+    reg = load_registry(extra)
+    rows = []
+    for name in sorted(reg, key=str.lower):
+        s = reg[name]
+        p = s.get("pruning")
+        prune = "baseline" if not p else f"K={p.get('layer')} r={p.get('retention')}"
+        ok, _ = family_status(s["family"], s.get("loader"))
+        rows.append((name, s["family"], prune, s.get("checkpoint", ""), s.get("path_env") or "-",
+                     "" if ok else "not supported yet"))
+    widths = [max(len(r[i]) for r in rows + [("name", "family", "pruning", "checkpoint", "path env", "")])
+              for i in range(6)]
+    header = ("name", "family", "pruning", "checkpoint", "path env", "status")
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _print_datasets() -> None:
+    try:
+        from ivcprune.eval.datasets import registry as dreg
+    except ImportError as err:
+        print(f"dataset registry unavailable: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
+    table = getattr(dreg, "DATASETS", None) or getattr(dreg, "REGISTRY", None)
+    if callable(getattr(dreg, "list_datasets", None)):
+        table = dreg.list_datasets()
+    for name in (table.items() if isinstance(table, dict) else table or []):
+        if isinstance(name, tuple):
+            key, val = name
+            kind = getattr(val, "type", None) or (val.get("type") if isinstance(val, dict) else val)
+            print(f"{key}\t{kind}")
+        else:
+            print(name)
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ivcp list", description="List registered models or datasets.")
+    ap.add_argument("what", choices=["models", "datasets"])
+    ap.add_argument("--model-config", action="append", default=[], help="extra registry YAML (repeatable)")
+    args = ap.parse_args(argv)
+    try:
+        if args.what == "models":
+            _print_models(args.model_config)
+        else:
+            _print_datasets()
+    except RegistryError as err:
+        print(f"ivcp list: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,538 @@
+"""``ivcp run``: sharded, resumable inference and evaluation over models x datasets (HARNESS §9, §13).
+
+Every finished row is appended to a per-rank part file before the next one starts, so a run can be killed at
+any point and resumed under any world size; rank 0 merges the parts into the VLMEvalKit-style files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ivcprune.eval import dist as distmod
+from ivcprune.eval import efficiency, store
+from ivcprune.eval.registry import Entry, RegistryError, fingerprint, load_registry, parse_set, resolve, \
+    unknown_name_error
+
+HARNESS_MAJOR = 1
+PROMPT_STYLES = {"qwen2_5_vl": "qwen", "qwen2_vl": "qwen", "deepseek_vl2": "vlmeval", "internvl": "internvl",
+                 "llava": "internvl"}
+QWEN25_SUFFIX = "_for_qwen25vl"
+
+
+class PairFailed(RuntimeError):
+    """One (model, dataset) pair cannot finish; the message says why and the next pair runs."""
+
+
+class Usage(RuntimeError):
+    """A usage error (exit code 2)."""
+
+
+# --------------------------------------------------------------------------------------------- arguments
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ivcp run", description="Evaluate models on datasets (VLMEvalKit-compatible; "
+                                 "resumable; torchrun-aware).")
+    ap.add_argument("--data", nargs="+", required=True, metavar="NAME", help="dataset names (ivcp list datasets)")
+    ap.add_argument("--model", nargs="+", required=True, metavar="NAME", help="model names (ivcp list models)")
+    ap.add_argument("--work-dir", default="./outputs", help="output root (default ./outputs)")
+    ap.add_argument("--mode", choices=["all", "infer", "eval"], default="all")
+    ap.add_argument("--judge", default=None, help="judge model (default gpt-4o; exact_matching disables it)")
+    ap.add_argument("--judge-args", default=None, help="judge options as JSON")
+    ap.add_argument("--api-nproc", "--nproc", dest="api_nproc", type=int, default=8, help="judge concurrency")
+    ap.add_argument("--limit", type=int, default=None, help="first N rows only (outputs named <dataset>_limitN)")
+    ap.add_argument("--retention", type=float, default=None, help="IVCP retention override (adds _r{F} to the name)")
+    ap.add_argument("--layer", type=int, default=None, help="IVCP pruning layer K override (adds _k{K})")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other registry override (repeatable; part of the fingerprint)")
+    ap.add_argument("--model-path", default=None, help="local checkpoint folder (only with a single --model)")
+    ap.add_argument("--model-config", action="append", default=[], metavar="FILE", help="extra registry YAML")
+    ap.add_argument("--device-map", choices=["auto"], default=None, help="shard one model over all visible GPUs")
+    ap.add_argument("--force-frame", action="store_true", help="allow a grounding split with another GT frame")
+    ap.add_argument("--reuse", action="store_true", help="accept existing rows whose fingerprint differs")
+    ap.add_argument("--image-mode", choices=["vlmeval", "raw"], default="vlmeval")
+    ap.add_argument("--dist-timeout", type=float, default=10800.0, help="barrier timeout in seconds")
+    ap.add_argument("--warmup", type=int, default=2, help="rows per process left out of the timing averages")
+    ap.add_argument("--verbose", action="store_true", help="print every prompt and response")
+    return ap
+
+
+# --------------------------------------------------------------------------------------------- datasets
+def dataset_names() -> list[str]:
+    from ivcprune.eval.datasets import registry as dreg
+
+    return list(dreg.dataset_names())
+
+
+def open_dataset(name: str, limit: int | None, image_mode: str):
+    """The dataset object of the datasets module (rows, build_prompt, evaluate)."""
+    from ivcprune.eval.datasets import registry as dreg
+
+    return dreg.get_dataset(name, limit=limit, image_mode=image_mode)
+
+
+def dataset_signature(ds) -> str:
+    """Size plus sha256 of the first MiB of the TSV (part of the fingerprint)."""
+    path = Path(getattr(ds, "path", "") or "")
+    if path.is_file():
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+        return f"{path.stat().st_size}:{hashlib.sha256(head).hexdigest()}"
+    return f"rows:{len(ds.rows)}"
+
+
+def check_frame(entry: Entry, ds, force: bool) -> None:
+    """§5 frame guard: qwen2_5_vl needs the *_for_qwen25vl GT, every other family the standard splits."""
+    if getattr(ds, "type", None) != "VG" or force:
+        return
+    qwen_split = ds.name.endswith(QWEN25_SUFFIX)
+    if entry.family == "qwen2_5_vl" and not qwen_split:
+        raise PairFailed(f"{entry.name} (qwen2_5_vl) predicts boxes in the resized frame, but {ds.name} has GT in the "
+                         f"original frame: use {ds.name}{QWEN25_SUFFIX}, or pass --force-frame")
+    if entry.family != "qwen2_5_vl" and qwen_split:
+        raise PairFailed(f"{ds.name} has GT in the Qwen2.5-VL resized frame but {entry.name} is {entry.family}: use "
+                         f"{ds.name[:-len(QWEN25_SUFFIX)]}, or pass --force-frame")
+
+
+# --------------------------------------------------------------------------------------------- pair state
+@dataclass
+class Pair:
+    entry: Entry
+    dataset: str
+    work_dir: Path
+    limit: int | None
+
+    @property
+    def out_dir(self) -> Path:
+        return self.work_dir / self.entry.name
+
+    @property
+    def stem(self) -> str:
+        suffix = f"_limit{self.limit}" if self.limit is not None else ""
+        return f"{self.entry.name}_{self.dataset}{suffix}"
+
+    def path(self, suffix: str) -> Path:
+        return self.out_dir / f"{self.stem}{suffix}"
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.out_dir / ".parts"
+
+    def part(self, rank: int) -> Path:
+        return self.parts_dir / f"{self.stem}.r{rank}.jsonl"
+
+
+@dataclass
+class ModelSlot:
+    """Lazily loaded model, reused across datasets; a load failure is remembered so it is not retried."""
+
+    entry: Entry
+    device: str
+    model: object = None
+    error: str | None = None
+    loads: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def get(self):
+        if self.model is None and self.error is None:
+            from ivcprune.eval.wrappers import load_model
+
+            try:
+                self.loads += 1
+                self.model = load_model(self.entry, device=self.device)
+            except Exception:  # noqa: BLE001 - any load problem fails this model's pairs only
+                self.error = traceback.format_exc()
+        if self.error is not None:
+            raise ModelLoadError(self.error)
+        return self.model
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def final_records(pair: Pair, vg: bool) -> list[dict]:
+    """Records reconstructed from an existing predictions CSV (so a merged pair can still be resumed)."""
+    csv = pair.path(".csv")
+    if not csv.exists():
+        return []
+    df = store.read_table(csv)
+    out = []
+    for _, row in df.iterrows():
+        raw = row.get("raw_prediction", "") if vg else row.get("prediction", "")
+        try:
+            stats = json.loads(row.get("ivcp_stats") or "{}")
+        except ValueError:
+            stats = {}
+        out.append({"index": row["index"], "prediction": raw, "error": row.get("ivcp_error") or None,
+                    "stats": stats, "fp": row.get("ivcp_fp") or None, "_file": str(csv)})
+    return out
+
+
+def existing_records(pair: Pair, vg: bool) -> list[dict]:
+    """Final-file records first, then every part file, so the newest attempt of a row wins."""
+    records = final_records(pair, vg)
+    for part in store.part_files(pair.parts_dir, pair.stem):
+        for rec in store.read_part(part):
+            rec["_file"] = str(part)
+            records.append(rec)
+    return records
+
+
+def plan(pair: Pair, ds, fp: str, reuse: bool) -> tuple[list, list[str]]:
+    """(pending indices in file order, files holding rows of another fingerprint)."""
+    vg = getattr(ds, "type", None) == "VG"
+    records = existing_records(pair, vg)
+    foreign = sorted({r["_file"] for r in records if r.get("fp") and r["fp"] != fp})
+    latest = store.latest_records(records)
+    pending = []
+    for idx in ds.rows["index"].tolist():
+        rec = latest.get(str(idx))
+        if rec is None or rec.get("error") or (rec.get("fp") != fp and not reuse):
+            pending.append(idx)
+    return pending, foreign
+
+
+# --------------------------------------------------------------------------------------------- inference
+def infer_rows(pair: Pair, ds, rows: list, slot: ModelSlot, ctx, fp: str, session: str, args) -> int:
+    """Run ``generate`` on this rank's rows; returns the number of rows recorded with an error."""
+    from tqdm import tqdm
+
+    by_index = {str(i): k for k, i in enumerate(ds.rows["index"].tolist())}
+    n_err = 0
+    timed = 0
+    desc = f"{pair.entry.name} | {pair.stem[len(pair.entry.name) + 1:]}" + (f" | rank {ctx.rank}" if ctx.enabled else "")
+    with store.PartWriter(pair.part(ctx.rank)) as writer, \
+            tqdm(total=len(rows), desc=desc, unit="row", position=ctx.rank if ctx.enabled else None,
+                 file=sys.stderr, dynamic_ncols=True, leave=True) as bar:
+        for idx in rows:
+            row = ds.rows.iloc[by_index[str(idx)]]
+            record = {"index": _jsonable(idx), "prediction": "", "error": None, "stats": {}, "fp": fp}
+            try:
+                parts = ds.build_prompt(row, pair.entry.family)
+            except Exception as err:  # noqa: BLE001 - BadImage and friends: a counted miss, model not called
+                record["error"] = _bad_image_message(err)
+                parts = None
+            if parts is not None:
+                model = slot.get()
+                if args.verbose:
+                    print(f"[{pair.stem} {idx}] prompt: {_show_parts(parts)}", file=sys.stderr)
+                try:
+                    text = model.generate(parts, ds)
+                    record["prediction"] = "" if text is None else str(text)
+                    record["stats"] = _row_stats(model, slot, ctx, session, warmup=timed < args.warmup)
+                    timed += 1
+                except Exception as err:  # noqa: BLE001 - e.g. CUDA OOM: recorded, retried next run
+                    record["error"] = f"{type(err).__name__}: {err}"
+                    _empty_cache()
+                if args.verbose:
+                    print(f"[{pair.stem} {idx}] response: {record['prediction']!r}"
+                          + (f" error: {record['error']}" if record["error"] else ""), file=sys.stderr)
+            if record["error"]:
+                n_err += 1
+            writer.append(record)
+            bar.update(1)
+    return n_err
+
+
+def _bad_image_message(err: Exception) -> str:
+    text = str(err)
+    if type(err).__name__ == "BadImage":
+        return text if text.startswith("bad image") else f"bad image: {text}"
+    return f"prompt error: {type(err).__name__}: {text}"
+
+
+def _row_stats(model, slot: ModelSlot, ctx, session: str, warmup: bool) -> dict:
+    stats = dict(getattr(model, "last_stats", None) or {})
+    meta = getattr(model, "meta", None) or {}
+    stats.update({k: v for k, v in meta.items() if k not in stats})
+    stats.update({"session": session, "warmup": bool(warmup), "world_size": ctx.world_size})
+    return {k: _jsonable(v) for k, v in stats.items()}
+
+
+def _jsonable(v):
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        try:
+            return v.item()
+        except (ValueError, AttributeError):
+            return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _show_parts(parts) -> str:
+    return " + ".join(f"<image {getattr(p, 'size', '?')}>" if kind == "image" else repr(p) for kind, p in parts)
+
+
+def _empty_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------- merge + eval
+def merge(pair: Pair, ds, fp: str, reuse: bool) -> tuple[pd.DataFrame, list[dict]]:
+    """Rank 0: last record per index, completeness check, atomic predictions file, then delete the parts."""
+    vg = getattr(ds, "type", None) == "VG"
+    records = existing_records(pair, vg)
+    latest = store.latest_records(records)
+    indices = ds.rows["index"].tolist()
+    ordered = [latest.get(str(i)) for i in indices]
+    missing = [i for i, r in zip(indices, ordered) if r is None or (r.get("fp") != fp and not reuse)]
+    if missing:
+        raise PairFailed(f"{len(missing)} of {len(indices)} rows have no record (first: {missing[:10]}); nothing "
+                         f"final was written. Rerun the same command to finish them.")
+    df = ds.rows.drop(columns=[c for c in ("image",) if c in ds.rows.columns]).copy()
+    raw = [r.get("prediction") or "" for r in ordered]
+    if vg:
+        df["prediction"] = [_vg_prediction(ds, row, text, pair.entry.family, rec)
+                            for (_, row), text, rec in zip(df.iterrows(), raw, ordered)]
+        df["raw_prediction"] = raw
+    else:
+        df["prediction"] = raw
+    df["ivcp_error"] = [r.get("error") or "" for r in ordered]
+    for key in ("image_tokens", "kept_tokens", "prefill_ms", "decode_ms", "new_tokens"):
+        df[f"ivcp_{key}"] = [(r.get("stats") or {}).get(key, "") for r in ordered]
+    df["ivcp_fp"] = [r.get("fp") or "" for r in ordered]
+    df["ivcp_stats"] = [json.dumps(r.get("stats") or {}, sort_keys=True) for r in ordered]
+    pair.out_dir.mkdir(parents=True, exist_ok=True)
+    store.write_table(df, pair.path(".csv"))
+    for part in store.part_files(pair.parts_dir, pair.stem):
+        part.unlink(missing_ok=True)
+    try:
+        pair.parts_dir.rmdir()
+    except OSError:
+        pass
+    return df, ordered
+
+
+def _vg_prediction(ds, row, text: str, family: str, rec: dict) -> str:
+    """``[x1, y1, x2, y2]`` in the GT frame, ``[0, 0, 0, 0]`` on failure (the official storage convention)."""
+    if rec.get("error"):
+        return "[0, 0, 0, 0]"
+    fn = getattr(ds, "prediction_box", None)
+    if fn is None:
+        return "[0, 0, 0, 0]"
+    try:
+        box = fn(row, text, family)
+    except Exception:  # noqa: BLE001 - a parse failure is a miss, never a crash
+        box = None
+    if not box:
+        return "[0, 0, 0, 0]"
+    return "[" + ", ".join(_fmt_coord(v) for v in box) + "]"
+
+
+def _fmt_coord(v) -> str:
+    f = float(v)
+    return str(int(f)) if f.is_integer() else repr(round(f, 4))
+
+
+def evaluate(pair: Pair, ds, args) -> object:
+    judge = None
+    if ds.type in ("MCQ", "YN"):
+        from ivcprune.eval.judge import make_judge
+
+        judge = make_judge(args.judge, args.judge_args, pair.path("_judge_cache.jsonl"), args.api_nproc,
+                           pair.dataset)
+    report = ds.evaluate(pair.path(".csv"), judge)
+    return report
+
+
+def write_efficiency(pair: Pair, records: list[dict]) -> dict:
+    eff = efficiency.summarize(records, pruned=bool(pair.entry.pruning))
+    eff.update({"model": pair.entry.name, "dataset": pair.dataset, "limit": pair.limit})
+    store.atomic_write_json(pair.path("_efficiency.json"), eff)
+    return eff
+
+
+def _print_report(pair: Pair, report) -> None:
+    text = None
+    for attr in ("table_text", "format", "summary"):
+        fn = getattr(report, attr, None)
+        if callable(fn):
+            text = fn()
+            break
+    if text is None:
+        text = str(report)
+    print(f"== {pair.entry.name} on {pair.dataset}" + (f" (limit {pair.limit})" if pair.limit is not None else ""))
+    print(text)
+
+
+# --------------------------------------------------------------------------------------------- one pair
+def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
+    """All ranks call this in step; returns True when the pair succeeded (rank 0's verdict on every rank)."""
+    error, ds, fp, todo, lock = None, None, None, [], None
+    try:
+        ds = open_dataset(pair.dataset, args.limit, args.image_mode)
+        check_frame(pair.entry, ds, args.force_frame)
+        style = pair.entry.get("prompt_style") or PROMPT_STYLES.get(pair.entry.family, pair.entry.family)
+        fp = fingerprint(pair.entry, prompt_style=style, image_mode=args.image_mode,
+                         dataset_sig=dataset_signature(ds), major=HARNESS_MAJOR)
+    except Exception as err:  # noqa: BLE001 - DataError, frame guard, ...: this pair fails
+        error = _err_text(err)
+    verdict = {"error": error, "pending": []}
+    if ctx.is_main and error is None:
+        try:
+            pair.out_dir.mkdir(parents=True, exist_ok=True)
+            if args.mode != "eval":
+                lock = store.PairLock(pair.path(".lock"))
+                lock.acquire()
+            pending, foreign = plan(pair, ds, fp, args.reuse)
+            if foreign and not args.reuse:
+                raise PairFailed("existing rows were produced with other settings (fingerprint mismatch) in: "
+                                 + ", ".join(foreign) + ". Use a different --work-dir, delete them, or pass --reuse "
+                                 "to accept them.")
+            if args.mode == "eval" and pending:
+                raise PairFailed(f"--mode eval: {len(pending)} rows have no prediction yet in {pair.path('.csv')}")
+            verdict["pending"] = pending
+        except (store.LockHeld, PairFailed, OSError) as err:
+            verdict["error"] = _err_text(err)
+    verdict = ctx.broadcast(verdict)
+    try:
+        if verdict["error"]:
+            raise PairFailed(verdict["error"])
+        ctx.barrier("pending computed")
+        pending = verdict["pending"]
+        todo = pending[ctx.rank::ctx.world_size]
+        rank_error = None
+        if todo and args.mode != "eval":
+            try:
+                infer_rows(pair, ds, todo, slot, ctx, fp, session, args)
+            except ModelLoadError as err:
+                rank_error = f"model failed to load:\n{err}"
+                _write_error_log(pair, rank_error)
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # noqa: BLE001 - e.g. disk full: the pair aborts, written rows stay valid
+                rank_error = _err_text(err)
+        ctx.barrier("inference done")
+        errors = [e for e in ctx.gather(rank_error) if e]
+        result = None
+        if ctx.is_main:
+            try:
+                if errors:
+                    raise PairFailed(errors[0].splitlines()[0] if "failed to load" not in errors[0] else
+                                     f"model {pair.entry.name} failed to load; traceback in "
+                                     f"{pair.path('_error.log')}")
+                if pending or not pair.path(".csv").exists():
+                    _, records = merge(pair, ds, fp, args.reuse)
+                else:
+                    records = [store.latest_records(existing_records(pair, ds.type == "VG"))[str(i)]
+                               for i in ds.rows["index"].tolist()]
+                eff = write_efficiency(pair, records)
+                if args.mode != "infer":
+                    _print_report(pair, evaluate(pair, ds, args))
+                print(efficiency.format_summary(pair.entry.name, pair.dataset, eff))
+                misses = sum(1 for r in records if r.get("error"))
+                if misses:
+                    print(f"{pair.stem}: {misses} row(s) recorded with an error (counted as misses; a rerun retries "
+                          f"them)", file=sys.stderr)
+            except Exception as err:  # noqa: BLE001
+                result = _err_text(err)
+                if not isinstance(err, PairFailed):
+                    _write_error_log(pair, traceback.format_exc())
+        result = ctx.broadcast(result)
+        ctx.barrier("pair finished")
+        if result:
+            raise PairFailed(result)
+        return True
+    except PairFailed as err:
+        if ctx.is_main:
+            print(f"ivcp run: {pair.entry.name} x {pair.dataset}: FAILED: {err}", file=sys.stderr)
+        return False
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _err_text(err: Exception) -> str:
+    return str(err) if isinstance(err, (PairFailed, RegistryError)) else f"{type(err).__name__}: {err}"
+
+
+def _write_error_log(pair: Pair, text: str) -> None:
+    try:
+        pair.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(pair.path("_error.log"), "a", encoding="utf-8") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} pid {os.getpid()}\n{text}\n")
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------- entry point
+def resolve_all(args) -> list[Entry]:
+    if args.model_path and len(args.model) != 1:
+        raise Usage("--model-path needs exactly one --model")
+    reg = load_registry(args.model_config)
+    sets = parse_set(args.sets)
+    entries = [resolve(m, model_path=args.model_path, retention=args.retention, layer=args.layer, sets=sets,
+                       registry=reg) for m in args.model]
+    known = set(dataset_names())
+    for d in args.data:
+        if d not in known:
+            raise unknown_name_error("dataset", d, known)
+    if args.limit is not None and args.limit <= 0:
+        raise Usage(f"--limit {args.limit}: no rows")
+    return entries
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = None
+    try:
+        try:
+            entries = resolve_all(args)
+            if args.device_map and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise Usage("--device-map auto needs WORLD_SIZE 1 (one process holding all GPUs)")
+        except (RegistryError, Usage) as err:
+            print(f"ivcp run: {err}", file=sys.stderr)
+            return 2
+        ctx = distmod.init(args.dist_timeout)
+        work = Path(args.work_dir)
+        if args.mode == "eval":  # scoring needs no model: rank 0 alone, without barriers
+            if not ctx.is_main:
+                return 0
+            ctx.close()
+            ctx = distmod.DistContext(rank=0, world_size=1)
+        work.mkdir(parents=True, exist_ok=True)
+        distmod.check_shared_storage(ctx, work, distmod.run_id())
+        session = ctx.broadcast(f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        device = "auto" if args.device_map else ctx.device()
+        failed = 0
+        for entry in entries:
+            if ctx.is_main:
+                print(f"ivcp run: {entry.describe()}", file=sys.stderr)
+            slot = ModelSlot(entry, device)
+            for name in args.data:
+                pair = Pair(entry, name, work, args.limit)
+                if not run_pair(pair, slot, ctx, args, session):
+                    failed += 1
+            slot.model = None
+        if ctx.is_main and failed:
+            print(f"ivcp run: {failed} pair(s) failed", file=sys.stderr)
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        print("\nivcp run: interrupted; finished rows are on disk, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except distmod.BarrierTimeout as err:
+        print(f"ivcp run: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if ctx is not None:
+            ctx.close()
+
