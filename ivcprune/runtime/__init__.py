@@ -1,0 +1,1 @@
+"""Applying a selection to a running model: hooks, cache cut, masks, and the prune() session."""

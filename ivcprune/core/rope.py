@@ -1,0 +1,60 @@
+"""IVC scores from RoPE position ids and inverse frequencies (ALGORITHM §2 F2-F3).
+
+The scores depend only on positions and frequencies, never on content: V(m) = mean_j cos(m w_j) finds keys whose
+rotation is close to the identity ("real-axis" references), U(m) = mean_j sin(m w_j) those close to 90 degrees.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ivcprune.core.ranking import count, top_k
+
+
+def default_inv_freq(theta: float, dim: int) -> torch.Tensor:
+    """w_j = theta^(-2j/dim) in float32, the standard RoPE table."""
+    return 1.0 / (float(theta) ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+
+
+def ivc_scores(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cos and sin IVC scores of L tokens.
+
+    positions: integer tensor (A, L) (A = 3 for M-RoPE t/h/w, 1 for 1-D RoPE) or (L,).
+    inv_freq: (d_r/2,) rotary inverse frequencies.
+    Returns c[L], s[L]: the mean over the A axes and all frequencies of cos / sin(p * w_j), in float32 from the
+    integer ids (never from a bf16 rotary table).
+    """
+    if positions.ndim == 1:
+        positions = positions[None]
+    angles = positions.to(torch.float32)[..., None] * inv_freq.to(torch.float32).to(positions.device)
+    return _axis_mean(angles.cos().mean(dim=2)), _axis_mean(angles.sin().mean(dim=2))
+
+
+def _axis_mean(per_axis: torch.Tensor) -> torch.Tensor:
+    """Mean over the A axes, summed in sorted order so that permuted axes (cell (r, c) vs (c, r)) tie exactly."""
+    return per_axis.sort(dim=0).values.sum(dim=0) / per_axis.shape[0]
+
+
+def ivc_select(
+    c: torch.Tensor,
+    s: torch.Tensor,
+    groups: list[torch.Tensor] | None,
+    f_cos: float,
+    f_sin: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group G (span-relative indices): top_k(c[G], round(f_cos |G|)) and top_k(s[G], round(f_sin |G|)).
+
+    Returns the cos set and the sin set separately (sorted, span-relative); they may overlap.
+    ``groups=None`` means one group, the whole span.
+    """
+    if groups is None:
+        groups = [torch.arange(c.numel(), device=c.device)]
+    cos_parts, sin_parts = [], []
+    for g in groups:
+        g = g.to(c.device)
+        cos_parts.append(g[top_k(c[g], count(g.numel(), f_cos))])
+        sin_parts.append(g[top_k(s[g], count(g.numel(), f_sin))])
+    empty = torch.empty(0, dtype=torch.long, device=c.device)
+    cos_set = torch.cat(cos_parts).unique() if cos_parts else empty
+    sin_set = torch.cat(sin_parts).unique() if sin_parts else empty
+    return cos_set, sin_set

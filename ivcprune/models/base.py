@@ -1,0 +1,149 @@
+"""What the runtime needs to know about a model family, behind one small interface.
+
+A new family is one adapter subclass plus its settings: where the image tokens are, the decoder layers, the
+rotary inputs, where the values come from, and the family defaults of ALGORITHM §4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ivcprune.core.selection import ImageRecord
+
+
+@dataclass(frozen=True)
+class FamilySettings:
+    """Per-family IVC-Prune defaults (ALGORITHM §4.1)."""
+
+    family: str
+    policy: str  # "budget" | "union" | "thumb_budget" | "global_local"
+    retention: float = 0.5  # rho for budget policies
+    ivc_fraction: float = 0.10  # f_cos = f_sin per IVC group
+    seed_fraction: float = 0.01
+    query_offset: int = 2  # delta: queries start at E + delta
+    fg_fraction: float = 0.2  # UNION only
+    keys: str = "span"  # softmax keys of the affinity: "span" (image) or "prompt" (all valid prompt tokens)
+    default_layers: tuple[tuple[int, int], ...] = ()  # (num_layers, K) pairs of known checkpoints
+
+
+@dataclass
+class RequestInputs:
+    """What the top-level forward reveals at the start of a request."""
+
+    input_ids: torch.Tensor  # (B, S)
+    valid: torch.Tensor  # (B, S) bool, False on padding
+    structure: object = None  # family-specific image structure (e.g. image_grid_thw)
+
+
+class FamilyAdapter:
+    """Base adapter. Subclasses fill the family-specific hooks points."""
+
+    settings: FamilySettings
+    positional_axes = 1  # A: 3 for M-RoPE, else 1
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    # --- structure -------------------------------------------------------------------------------------------
+    @property
+    def text_model(self) -> nn.Module:  # the decoder stack that owns .layers and the rotary module
+        raise NotImplementedError
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.text_model.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def text_config(self):
+        return self.text_model.config
+
+    @property
+    def attn_implementation(self) -> str:
+        return getattr(self.text_config, "_attn_implementation", None) or "eager"
+
+    def value_module(self, layer_idx: int) -> nn.Module:
+        return self.layers[layer_idx].self_attn.v_proj
+
+    def value_heads(self, output: torch.Tensor) -> torch.Tensor:
+        """(B, S, H_kv * D) value projection output -> (B, S, H_kv, D)."""
+        heads = self.text_config.num_key_value_heads
+        return output.reshape(output.shape[0], output.shape[1], heads, -1)
+
+    def inv_freq(self) -> torch.Tensor:
+        rotary = self.text_model.rotary_emb
+        freq = getattr(rotary, "original_inv_freq", None)
+        return (freq if freq is not None else rotary.inv_freq).detach().float().cpu()
+
+    def default_layer(self) -> int:
+        n = self.num_layers
+        for layers, k in self.settings.default_layers:
+            if layers == n:
+                return k
+        return max(1, n // 2)
+
+    # --- per request -------------------------------------------------------------------------------------------
+    def request_inputs(self, args: tuple, kwargs: dict) -> RequestInputs | None:
+        """Read input ids, padding and image structure from the top-level forward call (None: cannot prune)."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            return None
+        mask = kwargs.get("attention_mask")
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if mask is None or mask.ndim != 2 else mask.bool()
+        return RequestInputs(input_ids=input_ids, valid=valid, structure=self.image_structure(kwargs))
+
+    def image_structure(self, kwargs: dict) -> object:
+        return None
+
+    def image_spans(self, request: RequestInputs) -> list[list[ImageRecord]]:
+        """Per sample, the image spans (start, length, grid) in order."""
+        raise NotImplementedError
+
+    def positions(self, position_ids: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+        """The position ids the decoder layers use, as (A, B, S) integers."""
+        if position_ids is None:
+            return torch.arange(length, device=device).view(1, 1, -1).expand(self.positional_axes, batch, -1)
+        if position_ids.ndim == 2:
+            return position_ids[None].expand(self.positional_axes, -1, -1)
+        return position_ids
+
+    def decode_position_ids(self, next_positions: torch.Tensor) -> torch.Tensor:
+        """Position ids to inject at a decode step from (B, q) next positions (original numbering)."""
+        return next_positions
+
+    def image_groups(self, image: ImageRecord) -> list[torch.Tensor] | None:
+        """IVC groups inside one image (span-relative); None = the whole span."""
+        return None
+
+
+_ADAPTERS: dict[str, type[FamilyAdapter]] = {}
+
+
+def register_adapter(*class_names: str):
+    """Class decorator: map transformers model class names to an adapter."""
+
+    def wrap(cls: type[FamilyAdapter]) -> type[FamilyAdapter]:
+        for name in class_names:
+            _ADAPTERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_adapter(model: nn.Module) -> FamilyAdapter:
+    """The adapter for a model instance (looked up by class name along its MRO)."""
+    import ivcprune.models  # noqa: F401  (registers the built-in adapters)
+
+    for cls in type(model).__mro__:
+        if cls.__name__ in _ADAPTERS:
+            return _ADAPTERS[cls.__name__](model)
+    supported = ", ".join(sorted(_ADAPTERS))
+    raise NotImplementedError(
+        f"ivcprune has no adapter for {type(model).__name__}; supported model classes: {supported}"
+    )

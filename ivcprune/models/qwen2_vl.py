@@ -1,0 +1,92 @@
+"""Qwen2-VL and Qwen2.5-VL adapter (M-RoPE): image spans from the image-pad id split by image_grid_thw."""
+
+from __future__ import annotations
+
+import torch
+
+from ivcprune.core.selection import ImageRecord
+from ivcprune.models.base import FamilyAdapter, FamilySettings, RequestInputs, register_adapter
+
+QWEN_SETTINGS = FamilySettings(
+    family="qwen2_vl",
+    policy="budget",
+    retention=0.5,
+    ivc_fraction=0.10,
+    seed_fraction=0.01,
+    query_offset=2,
+    keys="span",
+    default_layers=((28, 16), (36, 22)),  # 7B: K=16, 3B: K=22 (Qwen2-VL-7B: 16, untuned)
+)
+
+
+@register_adapter("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration",
+                  "Qwen2_5_VLModel", "Qwen2VLModel")
+class QwenVLAdapter(FamilyAdapter):
+    settings = QWEN_SETTINGS
+    positional_axes = 3
+
+    @property
+    def _vl_model(self):
+        return self.model.model if hasattr(self.model, "lm_head") else self.model
+
+    @property
+    def text_model(self):
+        return self._vl_model.language_model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def image_structure(self, kwargs: dict) -> object:
+        return kwargs.get("image_grid_thw")
+
+    def image_spans(self, request: RequestInputs) -> list[list[ImageRecord]]:
+        merge = self.config.vision_config.spatial_merge_size
+        image_id = self.config.image_token_id
+        grids = request.structure
+        grid_list = [] if grids is None else [tuple(int(x) for x in g) for g in grids.tolist()]
+        cursor = 0
+        spans: list[list[ImageRecord]] = []
+        for b in range(request.input_ids.shape[0]):
+            is_image = (request.input_ids[b] == image_id) & request.valid[b]
+            records = []
+            for start, length in _runs(is_image):
+                # adjacent images can merge into one run: split it by the per-image token counts
+                while length > 0:
+                    if cursor < len(grid_list):
+                        t, h, w = grid_list[cursor]
+                        n, grid = t * h * w // (merge * merge), (t, h // merge, w // merge)
+                    else:
+                        n, grid = length, None
+                    if n > length:
+                        raise ValueError(
+                            f"sample {b}: image {cursor} needs {n} image tokens but only {length} are in the prompt; "
+                            "image_grid_thw does not match input_ids"
+                        )
+                    records.append(ImageRecord(start=start, length=n, grid=grid))
+                    cursor += 1
+                    start, length = start + n, length - n
+            spans.append(records)
+        return spans
+
+    def positions(self, position_ids, batch, length, device):
+        # generate() passes 4 rows (a text row for packed-mask detection, then t/h/w); the rotary uses t/h/w
+        if position_ids is not None and position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            position_ids = position_ids[1:]
+        return super().positions(position_ids, batch, length, device)
+
+    def decode_position_ids(self, next_positions: torch.Tensor) -> torch.Tensor:
+        # M-RoPE: text tokens carry the same id on t/h/w; a 3-row tensor leaves the packed-mask text row unset
+        return next_positions[None].expand(3, -1, -1)
+
+
+def _runs(flags: torch.Tensor) -> list[tuple[int, int]]:
+    """Maximal runs of True as (start, length)."""
+    idx = torch.nonzero(flags, as_tuple=False).flatten().tolist()
+    runs: list[tuple[int, int]] = []
+    for i in idx:
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs

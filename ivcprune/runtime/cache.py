@@ -1,0 +1,50 @@
+"""Cutting the KV cache of the layers below K, and measuring what a cached token costs."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_cache(cache) -> None:
+    """Refuse cache kinds the runtime cannot cut in place, before any work is done."""
+    if cache is None:
+        return
+    kind = type(cache).__name__
+    if getattr(cache, "is_compileable", False) or "Static" in kind:
+        raise NotImplementedError(
+            f"ivcprune cannot prune with a {kind} (a fixed-size cache cannot shrink); use the default DynamicCache "
+            "(do not pass cache_implementation='static')"
+        )
+    if "Quantized" in kind or "Offloaded" in kind or getattr(cache, "offloading", False):
+        raise NotImplementedError(f"ivcprune does not support {kind}: quantized or offloaded caches cannot be cut")
+    if not hasattr(cache, "layers"):
+        raise NotImplementedError(f"ivcprune expects a transformers Cache with per-layer tensors, got {kind}")
+
+
+def layer_tensors(layer) -> list[tuple[str, torch.Tensor]]:
+    """The cached tensors of one cache layer (keys/values, or any extra per-token tensors a family stores)."""
+    return [(name, t) for name, t in vars(layer).items() if isinstance(t, torch.Tensor) and t.ndim == 4]
+
+
+def cut_layers(cache, num_layers: int, index: torch.Tensor) -> None:
+    """Gather every cached tensor of layers [0, num_layers) along the sequence axis at ``index`` (B, P)."""
+    for layer in cache.layers[:num_layers]:
+        for name, tensor in layer_tensors(layer):
+            idx = index.to(tensor.device)
+            b, h, _, d = tensor.shape
+            gathered = tensor.gather(2, idx[:, None, :, None].expand(b, h, idx.shape[1], d))
+            setattr(layer, name, gathered)
+
+
+def bytes_per_token(cache, num_layers: int) -> int:
+    """Sum over layers of bytes per cached token, read from the live tensors (never a hard-coded dtype)."""
+    total = 0
+    layers = list(cache.layers) if cache is not None else []
+    for layer in layers[:num_layers]:
+        for _, t in layer_tensors(layer):
+            total += t.shape[1] * t.shape[3] * t.element_size()
+    return total
+
+
+def cache_length(cache) -> int:
+    return 0 if cache is None else int(cache.get_seq_length())
