@@ -1,0 +1,143 @@
+"""Tiny checkpoint factory: every family builds, reloads like a real checkpoint and generates."""
+
+import json
+
+import pytest
+import torch
+
+from ivcprune.testing import (
+    TINY_FAMILIES,
+    load_processor,
+    make_image,
+    read_record,
+    tiny_checkpoint,
+    tiny_inputs,
+)
+
+QWEN = ("qwen2_5_vl", "qwen2_vl")
+
+# (w, h) -> image tokens, worked out by hand from the default settings (see the family modules).
+EXPECTED_TOKENS = {
+    # Qwen: smart_resize to multiples of 28 within [4, 16] * 28^2 px, then (H/14)(W/14)/4.
+    "qwen2_5_vl": {(112, 84): 12, (56, 140): 10, (448, 448): 16, (300, 200): 12},
+    "qwen2_vl": {(112, 84): 12, (56, 140): 10, (448, 448): 16, (300, 200): 12},
+}
+PROCESSOR_CLASS = {
+    "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLImageProcessorPil"),
+    "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLImageProcessorPil"),
+}
+CHAT_MARKERS = {
+    "qwen2_5_vl": [
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+        "<|vision_start|><|image_pad|><|vision_end|>Where is the red square?<|im_end|>\n<|im_start|>assistant\n",
+    ],
+}
+CHAT_MARKERS["qwen2_vl"] = CHAT_MARKERS["qwen2_5_vl"]
+FAMILIES = [f for f in TINY_FAMILIES if f in EXPECTED_TOKENS]
+
+_loaded = {}
+
+
+def load(family, attn="sdpa"):
+    """Model + processor from the cached folder, through the same calls a real checkpoint uses."""
+    from transformers import AutoModelForImageTextToText
+
+    key = (family, attn)
+    if key not in _loaded:
+        path = tiny_checkpoint(family)
+        model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn).eval()
+        _loaded[key] = (path, model, load_processor(path))
+    return _loaded[key]
+
+
+def image_token_id(model):
+    return model.config.image_token_id if hasattr(model.config, "image_token_id") else model.config.image_token_index
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_build_and_record(family):
+    path, model, proc = load(family)
+    rec = read_record(path)
+    assert rec["family"] == family and rec["image_processor_class"] == PROCESSOR_CLASS[family][1]
+    assert (type(proc).__name__, type(proc.image_processor).__name__) == PROCESSOR_CLASS[family]
+    assert model.dtype == torch.float32
+    assert model.config.text_config.num_hidden_layers == 4
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["architectures"][0] == type(model).__name__
+    # tokenizer and config agree on every special id
+    tok = proc.tokenizer
+    assert tok.convert_tokens_to_ids(proc.image_token) == image_token_id(model)
+    assert len(tok) <= model.config.text_config.vocab_size < 2000
+    # cache: same settings -> same folder, different settings -> different folder
+    assert tiny_checkpoint(family) == path
+    assert tiny_checkpoint(family, layers=2) != path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_token_counts(family):
+    _, model, proc = load(family)
+    tid = image_token_id(model)
+    for (w, h), n in EXPECTED_TOKENS[family].items():
+        inp = tiny_inputs(family, proc, make_image(w, h, 0), "Where is the red square?")
+        assert int((inp["input_ids"] == tid).sum()) == n, (w, h)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chat_template(family):
+    _, _, proc = load(family)
+    from ivcprune.testing import messages_for
+
+    text = proc.apply_chat_template(messages_for(1, "Where is the red square?"), add_generation_prompt=True, tokenize=False)
+    for marker in CHAT_MARKERS[family]:
+        assert marker in text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_eager_sdpa_batch(family):
+    img_a, img_b = make_image(112, 84, 1), make_image(56, 140, 2)
+    outs = {}
+    for attn in ("eager", "sdpa"):
+        _, model, proc = load(family, attn)
+        single = tiny_inputs(family, proc, img_a, "Where is the red square?")
+        with torch.no_grad():
+            logits = model(**single).logits[0, -1]
+        assert torch.isfinite(logits).all() and logits.std() > 0.5  # not near-uniform
+        gen = model.generate(**single, max_new_tokens=5, do_sample=False)
+        new_single = gen[0, single["input_ids"].shape[1] :].tolist()
+        assert len(new_single) == 5 and len(set(new_single)) > 1
+        batch = tiny_inputs(family, proc, [img_b, img_a], ["Describe the picture.", "Where is the red square?"])
+        assert (batch["attention_mask"][:, 0] == 0).any() and (batch["attention_mask"][:, -1] == 1).all()
+        gen = model.generate(**batch, max_new_tokens=5, do_sample=False)
+        new_batch = gen[:, batch["input_ids"].shape[1] :].tolist()
+        # the second (left-padded or not) row is the single prompt: padding must not change it
+        assert new_batch[1] == new_single
+        outs[attn] = (new_single, new_batch)
+    assert outs["eager"] == outs["sdpa"]
+
+
+@pytest.mark.parametrize("family", [f for f in QWEN if f in FAMILIES])
+def test_qwen_two_images_and_mrope(family):
+    _, model, proc = load(family)
+    inp = tiny_inputs(family, proc, [[make_image(112, 84, 1), make_image(56, 140, 2)]], ["Compare them."])
+    assert "mm_token_type_ids" in inp
+    assert int((inp["input_ids"] == model.config.image_token_id).sum()) == 12 + 10
+    seen = {}
+
+    def grab(_mod, _args, kwargs):
+        seen.setdefault("pos", kwargs.get("position_ids"))
+
+    handle = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        out = model.generate(**inp, max_new_tokens=5, do_sample=False)
+    finally:
+        handle.remove()
+    assert out.shape[1] == inp["input_ids"].shape[1] + 5
+    pos = seen["pos"]
+    # (t, h, w) M-RoPE, not 1-D; generate() prepends a row of plain text positions (4 rows)
+    assert pos.dim() == 3 and pos.shape[0] in (3, 4)
+    pos = pos[-3:]
+    img = (inp["input_ids"][0] == model.config.image_token_id).nonzero()[:, 0]
+    first = pos[:, 0, img[:12]]  # 112x84 -> 3 x 4 merged grid
+    assert (first[0] == first[0, 0]).all()
+    assert first[1].tolist() == [first[1, 0].item() + r for r in range(3) for _ in range(4)]
+    assert first[2].tolist() == [first[2, 0].item() + c for _ in range(3) for c in range(4)]
