@@ -275,21 +275,13 @@ def _print_models(extra: list[str] | None) -> None:
 
 
 def _print_datasets() -> None:
-    try:
-        from ivcprune.eval.datasets import registry as dreg
-    except ImportError as err:
-        print(f"dataset registry unavailable: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
-    table = getattr(dreg, "DATASETS", None) or getattr(dreg, "REGISTRY", None)
-    if callable(getattr(dreg, "list_datasets", None)):
-        table = dreg.list_datasets()
-    for name in (table.items() if isinstance(table, dict) else table or []):
-        if isinstance(name, tuple):
-            key, val = name
-            kind = getattr(val, "type", None) or (val.get("type") if isinstance(val, dict) else val)
-            print(f"{key}\t{kind}")
-        else:
-            print(name)
+    from ivcprune.eval.datasets import dataset_type, list_datasets
+
+    names = list_datasets()
+    width = max(len(n) for n in names)
+    print(f"{'name'.ljust(width)}  type")
+    for name in names:
+        print(f"{name.ljust(width)}  {dataset_type(name)}")
 
 
 def cli_main(argv: list[str] | None = None) -> int:

@@ -22,13 +22,11 @@ import pandas as pd
 
 from ivcprune.eval import dist as distmod
 from ivcprune.eval import efficiency, store
-from ivcprune.eval.registry import Entry, RegistryError, fingerprint, load_registry, parse_set, resolve, \
-    unknown_name_error
+from ivcprune.eval.registry import Entry, RegistryError, fingerprint, load_registry, parse_set, resolve
 
 HARNESS_MAJOR = 1
 PROMPT_STYLES = {"qwen2_5_vl": "qwen", "qwen2_vl": "qwen", "deepseek_vl2": "vlmeval", "internvl": "internvl",
                  "llava": "internvl"}
-QWEN25_SUFFIX = "_for_qwen25vl"
 
 
 class PairFailed(RuntimeError):
@@ -68,17 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------------------------- datasets
-def dataset_names() -> list[str]:
-    from ivcprune.eval.datasets import registry as dreg
+def check_dataset_name(name: str) -> None:
+    """Usage error (exit 2) listing the nearest registered names."""
+    from ivcprune.eval.datasets import UnknownDataset, check_name
 
-    return list(dreg.dataset_names())
+    try:
+        check_name(name)
+    except UnknownDataset as err:
+        raise Usage(f"{err}. Run 'ivcp list datasets' for all names.") from None
 
 
 def open_dataset(name: str, limit: int | None, image_mode: str):
-    """The dataset object of the datasets module (rows, build_prompt, evaluate)."""
-    from ivcprune.eval.datasets import registry as dreg
+    """The dataset object of the datasets module (rows, build_prompt, record_fields, evaluate)."""
+    from ivcprune.eval.datasets import load_dataset
 
-    return dreg.get_dataset(name, limit=limit, image_mode=image_mode)
+    return load_dataset(name, limit=limit, image_mode=image_mode)
 
 
 def dataset_signature(ds) -> str:
@@ -89,19 +91,6 @@ def dataset_signature(ds) -> str:
             head = fh.read(1 << 20)
         return f"{path.stat().st_size}:{hashlib.sha256(head).hexdigest()}"
     return f"rows:{len(ds.rows)}"
-
-
-def check_frame(entry: Entry, ds, force: bool) -> None:
-    """§5 frame guard: qwen2_5_vl needs the *_for_qwen25vl GT, every other family the standard splits."""
-    if getattr(ds, "type", None) != "VG" or force:
-        return
-    qwen_split = ds.name.endswith(QWEN25_SUFFIX)
-    if entry.family == "qwen2_5_vl" and not qwen_split:
-        raise PairFailed(f"{entry.name} (qwen2_5_vl) predicts boxes in the resized frame, but {ds.name} has GT in the "
-                         f"original frame: use {ds.name}{QWEN25_SUFFIX}, or pass --force-frame")
-    if entry.family != "qwen2_5_vl" and qwen_split:
-        raise PairFailed(f"{ds.name} has GT in the Qwen2.5-VL resized frame but {entry.name} is {entry.family}: use "
-                         f"{ds.name[:-len(QWEN25_SUFFIX)]}, or pass --force-frame")
 
 
 # --------------------------------------------------------------------------------------------- pair state
@@ -231,6 +220,9 @@ def infer_rows(pair: Pair, ds, rows: list, slot: ModelSlot, ctx, fp: str, sessio
                     text = model.generate(parts, ds)
                     record["prediction"] = "" if text is None else str(text)
                     record["stats"] = _row_stats(model, slot, ctx, session, warmup=timed < args.warmup)
+                    frame = _input_size(model, row)
+                    if frame is not None:
+                        record["stats"]["input_size"] = frame
                     timed += 1
                 except Exception as err:  # noqa: BLE001 - e.g. CUDA OOM: recorded, retried next run
                     record["error"] = f"{type(err).__name__}: {err}"
@@ -243,6 +235,16 @@ def infer_rows(pair: Pair, ds, rows: list, slot: ModelSlot, ctx, fp: str, sessio
             writer.append(record)
             bar.update(1)
     return n_err
+
+
+def _input_size(model, row):
+    """The frame the vision encoder saw, for the §5 frame check of Qwen grounding rows."""
+    fn = getattr(model, "input_size", None)
+    try:
+        w, h = int(float(row["width"])), int(float(row["height"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return list(fn(w, h)) if callable(fn) else None
 
 
 def _bad_image_message(err: Exception) -> str:
@@ -298,13 +300,10 @@ def merge(pair: Pair, ds, fp: str, reuse: bool) -> tuple[pd.DataFrame, list[dict
         raise PairFailed(f"{len(missing)} of {len(indices)} rows have no record (first: {missing[:10]}); nothing "
                          f"final was written. Rerun the same command to finish them.")
     df = ds.rows.drop(columns=[c for c in ("image",) if c in ds.rows.columns]).copy()
-    raw = [r.get("prediction") or "" for r in ordered]
-    if vg:
-        df["prediction"] = [_vg_prediction(ds, row, text, pair.entry.family, rec)
-                            for (_, row), text, rec in zip(df.iterrows(), raw, ordered)]
-        df["raw_prediction"] = raw
-    else:
-        df["prediction"] = raw
+    fields = [_record_fields(ds, row, rec, pair.entry) for (_, row), rec in zip(ds.rows.iterrows(), ordered)]
+    for col in dict.fromkeys(k for f in fields for k in f):
+        df[col] = [f.get(col, "") for f in fields]
+    df["ivcp_family"] = pair.entry.family
     df["ivcp_error"] = [r.get("error") or "" for r in ordered]
     for key in ("image_tokens", "kept_tokens", "prefill_ms", "decode_ms", "new_tokens"):
         df[f"ivcp_{key}"] = [(r.get("stats") or {}).get(key, "") for r in ordered]
@@ -321,25 +320,15 @@ def merge(pair: Pair, ds, fp: str, reuse: bool) -> tuple[pd.DataFrame, list[dict
     return df, ordered
 
 
-def _vg_prediction(ds, row, text: str, family: str, rec: dict) -> str:
-    """``[x1, y1, x2, y2]`` in the GT frame, ``[0, 0, 0, 0]`` on failure (the official storage convention)."""
-    if rec.get("error"):
-        return "[0, 0, 0, 0]"
-    fn = getattr(ds, "prediction_box", None)
-    if fn is None:
-        return "[0, 0, 0, 0]"
+def _record_fields(ds, row, rec: dict, entry: Entry) -> dict:
+    """The dataset's columns for one record (VG: GT-frame box, raw text, frame check); errors store ''."""
+    text = "" if rec.get("error") else (rec.get("prediction") or "")
+    stats = rec.get("stats") or {}
     try:
-        box = fn(row, text, family)
+        return ds.record_fields(row, text, entry.family, box_scale=entry.get("box_scale"),
+                                input_size=stats.get("input_size"))
     except Exception:  # noqa: BLE001 - a parse failure is a miss, never a crash
-        box = None
-    if not box:
-        return "[0, 0, 0, 0]"
-    return "[" + ", ".join(_fmt_coord(v) for v in box) + "]"
-
-
-def _fmt_coord(v) -> str:
-    f = float(v)
-    return str(int(f)) if f.is_integer() else repr(round(f, 4))
+        return {"prediction": text}
 
 
 def evaluate(pair: Pair, ds, args) -> object:
@@ -349,8 +338,8 @@ def evaluate(pair: Pair, ds, args) -> object:
 
         judge = make_judge(args.judge, args.judge_args, pair.path("_judge_cache.jsonl"), args.api_nproc,
                            pair.dataset)
-    report = ds.evaluate(pair.path(".csv"), judge)
-    return report
+    return ds.evaluate(pair.path(".csv"), judge, family=pair.entry.family, box_scale=pair.entry.get("box_scale"),
+                       model=pair.entry.name)
 
 
 def write_efficiency(pair: Pair, records: list[dict]) -> dict:
@@ -379,7 +368,7 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
     error, ds, fp, todo, lock = None, None, None, [], None
     try:
         ds = open_dataset(pair.dataset, args.limit, args.image_mode)
-        check_frame(pair.entry, ds, args.force_frame)
+        ds.check_frame(pair.entry.family, args.force_frame)
         style = pair.entry.get("prompt_style") or PROMPT_STYLES.get(pair.entry.family, pair.entry.family)
         fp = fingerprint(pair.entry, prompt_style=style, image_mode=args.image_mode,
                          dataset_sig=dataset_signature(ds), major=HARNESS_MAJOR)
@@ -481,10 +470,8 @@ def resolve_all(args) -> list[Entry]:
     sets = parse_set(args.sets)
     entries = [resolve(m, model_path=args.model_path, retention=args.retention, layer=args.layer, sets=sets,
                        registry=reg) for m in args.model]
-    known = set(dataset_names())
     for d in args.data:
-        if d not in known:
-            raise unknown_name_error("dataset", d, known)
+        check_dataset_name(d)
     if args.limit is not None and args.limit <= 0:
         raise Usage(f"--limit {args.limit}: no rows")
     return entries
