@@ -21,10 +21,17 @@ EXPECTED_TOKENS = {
     # Qwen: smart_resize to multiples of 28 within [4, 16] * 28^2 px, then (H/14)(W/14)/4.
     "qwen2_5_vl": {(112, 84): 12, (56, 140): 10, (448, 448): 16, (300, 200): 12},
     "qwen2_vl": {(112, 84): 12, (56, 140): 10, (448, 448): 16, (300, 200): 12},
+    # LLaVA: fixed (84/14)^2 = 36 whatever the input (resize short side + centre crop).
+    "llava": {(112, 84): 36, (56, 140): 36, (448, 448): 36},
+    # InternVL: 16 per 112-px tile; grid (w_b, h_b), w_b*h_b <= 6, closest aspect; +1 thumbnail if > 1 tile.
+    # 112x84 -> 3x2 (+1) = 7 tiles; 56x140 -> 1x3 (+1) = 4; 112x112 -> 1x1 = 1; 448x448 -> 2x2 (+1) = 5.
+    "internvl": {(112, 84): 112, (56, 140): 64, (112, 112): 16, (448, 448): 80},
 }
 PROCESSOR_CLASS = {
     "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLImageProcessorPil"),
     "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLImageProcessorPil"),
+    "llava": ("LlavaProcessor", "CLIPImageProcessorPil"),
+    "internvl": ("InternVLProcessor", "GotOcr2ImageProcessorPil"),
 }
 CHAT_MARKERS = {
     "qwen2_5_vl": [
@@ -33,6 +40,14 @@ CHAT_MARKERS = {
     ],
 }
 CHAT_MARKERS["qwen2_vl"] = CHAT_MARKERS["qwen2_5_vl"]
+CHAT_MARKERS["llava"] = [
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the human's questions. USER: <image>\nWhere is the red square? ASSISTANT:"
+]
+CHAT_MARKERS["internvl"] = [
+    "<|im_start|>system\n你是书生·万象，英文名是InternVL",
+    "<|im_end|>\n<|im_start|>user\n<IMG_CONTEXT>\nWhere is the red square?<|im_end|>\n<|im_start|>assistant\n",
+]
 FAMILIES = [f for f in TINY_FAMILIES if f in EXPECTED_TOKENS]
 
 _loaded = {}
@@ -79,7 +94,15 @@ def test_image_token_counts(family):
     tid = image_token_id(model)
     for (w, h), n in EXPECTED_TOKENS[family].items():
         inp = tiny_inputs(family, proc, make_image(w, h, 0), "Where is the red square?")
-        assert int((inp["input_ids"] == tid).sum()) == n, (w, h)
+        ids = inp["input_ids"][0]
+        assert int((ids == tid).sum()) == n, (w, h)
+        span = (ids == tid).nonzero()[:, 0]
+        assert span[-1] - span[0] + 1 == n  # one contiguous run
+        if family == "internvl":  # <img> ... </img> hug the run
+            assert ids[span[0] - 1] == proc.start_image_token_id and ids[span[-1] + 1] == proc.end_image_token_id
+        if family in QWEN:
+            assert ids[span[0] - 1] == model.config.vision_start_token_id
+            assert ids[span[-1] + 1] == model.config.vision_end_token_id
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -115,12 +138,28 @@ def test_generate_eager_sdpa_batch(family):
     assert outs["eager"] == outs["sdpa"]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_images_in_one_prompt(family):
+    _, model, proc = load(family)
+    inp = tiny_inputs(family, proc, [[make_image(112, 84, 1), make_image(56, 140, 2)]], ["Compare them."])
+    counts = EXPECTED_TOKENS[family]
+    assert int((inp["input_ids"] == image_token_id(model)).sum()) == counts[(112, 84)] + counts[(56, 140)]
+    out = model.generate(**inp, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] == inp["input_ids"].shape[1] + 5
+
+
+def test_make_image_deterministic():
+    a, b, c = make_image(64, 48, 3), make_image(64, 48, 3), make_image(64, 48, 4)
+    assert a.mode == "RGB" and a.size == (64, 48)
+    assert a.tobytes() == b.tobytes() != c.tobytes()
+    assert len(a.getcolors(1 << 16)) > 20  # structure, not a flat fill
+
+
 @pytest.mark.parametrize("family", [f for f in QWEN if f in FAMILIES])
-def test_qwen_two_images_and_mrope(family):
+def test_qwen_mrope_positions(family):
     _, model, proc = load(family)
     inp = tiny_inputs(family, proc, [[make_image(112, 84, 1), make_image(56, 140, 2)]], ["Compare them."])
     assert "mm_token_type_ids" in inp
-    assert int((inp["input_ids"] == model.config.image_token_id).sum()) == 12 + 10
     seen = {}
 
     def grab(_mod, _args, kwargs):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .compat import save_processor
 
-FACTORY_VERSION = 1
+FACTORY_VERSION = 2
 TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava", "internvl")
 
 _COMMON = {"layers": 4, "hidden": 64, "heads": 4, "kv_heads": 2, "seed": 0, "init_gain": 1.0}

@@ -8,6 +8,7 @@ image-token counts follow the real formula  tokens = (H'/14)*(W'/14)/4  with (H'
 
 from __future__ import annotations
 
+from .common import text_kwargs
 from .compat import assemble_processor
 from .text import train_bytelevel_bpe
 
@@ -67,21 +68,28 @@ DEFAULTS = {
 }
 
 
-def build_tokenizer(vocab_size: int = 700):
-    """Qwen2Tokenizer over a locally trained byte-level BPE plus the Qwen special tokens."""
+def build_tokenizer(vocab_size: int = 700, extra: tuple[str, ...] = (), named: dict | None = None):
+    """Qwen2Tokenizer over a locally trained byte-level BPE plus the Qwen special tokens.
+
+    ``extra`` appends further special tokens (InternVL's ``<img>`` ...); ``named`` registers some
+    of them as tokenizer attributes (``tokenizer.context_image_token`` and ``..._id``).
+    """
     from transformers import Qwen2Tokenizer
 
     vocab, merges = train_bytelevel_bpe(vocab_size)
+    specials = QWEN_SPECIALS + [t for t in extra if t not in QWEN_SPECIALS]
     # specials get consecutive ids right after the BPE entries, in the released order
-    vocab.update({t: len(vocab) + i for i, t in enumerate(QWEN_SPECIALS)})
-    return Qwen2Tokenizer(
+    vocab.update({t: len(vocab) + i for i, t in enumerate(specials)})
+    tok = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
-        extra_special_tokens=[t for t in QWEN_SPECIALS if t not in ("<|im_end|>", "<|endoftext|>")],
+        extra_special_tokens=dict(named) if named else None,
     )
+    tok.add_tokens(specials, special_tokens=True)
+    return tok
 
 
 def _mrope_section(head_dim: int) -> list[int]:
@@ -93,25 +101,19 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 
 def build(family: str, s: dict):
-    """Return (model, processor, info) for 'qwen2_vl' or 'qwen2_5_vl' from the settings dict ``s``."""
+    """Return (model, processor, generation kwargs, info) for 'qwen2_vl' or 'qwen2_5_vl' from the settings dict ``s``."""
     import transformers as tf
 
     tok = build_tokenizer(s["vocab"])
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    vocab_size = len(tok)  # no padded rows: every id the model can emit decodes
-    head_dim = s["hidden"] // s["heads"]
-    text = dict(
-        vocab_size=vocab_size,
-        hidden_size=s["hidden"],
-        intermediate_size=s["hidden"] * 3,
-        num_hidden_layers=s["layers"],
-        num_attention_heads=s["heads"],
-        num_key_value_heads=s["kv_heads"],
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": _mrope_section(head_dim)},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
+    text = text_kwargs(
+        s,
+        len(tok),  # no padded rows: every id the model can emit decodes
+        bos=ids["<|endoftext|>"],
+        eos=ids["<|im_end|>"],
+        pad=ids["<|endoftext|>"],
+        theta=1e6,
+        mrope_section=_mrope_section(s["hidden"] // s["heads"]),
     )
     vis_common = dict(
         depth=s["vision_layers"],

@@ -27,6 +27,12 @@ _PARAGRAPHS = [
     "What colour is the car parked in front of the shop near the bottom of the picture?",
     "You are a helpful assistant. Think about the question and reply in a clear sentence.",
     "The quick brown fox jumps over the lazy dog, and then it runs back into the forest.",
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the human's questions. USER: What is this? ASSISTANT: A cat.",
+    "USER: Answer with the option's letter from the given choices directly. ASSISTANT: B",
+    "Please provide the bounding box coordinate of the region this sentence describes: the man on the left.",
+    # InternVL's default system message, so that tiny InternVL prompts stay short
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。",
 ]
 _COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
 _SHAPES = ["square", "circle", "triangle", "stripe", "box", "ring"]
