@@ -127,3 +127,30 @@ def test_judge_error_counts_wrong(tmp_path):
     result = pd.read_csv(rep.files["result"], keep_default_na=False)
     assert list(result["match_source"]) == ["judge_error", "rule"]
     assert rep.judge["n_unresolved"] == 1 and rep.metrics["acc"] == 50
+
+
+# --- open VQA (§6.5) reuses the punctuation rule above; its scorers are checked here too --------------------
+def test_vqa_scorers():
+    from ivcprune.eval.datasets.vqa import anls, normalize_vqa, ocr_hit, relaxed_correct, vqa_score, vqa_text
+    assert normalize_vqa("The  Two dogs, dont!\n") == "2 dogs don't"
+    assert vqa_score("two", ["2"] * 3 + ["x"] * 7) == pytest.approx(0.9)    # (3 * 2/3 + 7 * 0) ... + min(1, 3/3)
+    assert vqa_score("2", ["2"] * 10) == 1.0
+    assert relaxed_correct("12%", "0.121") and relaxed_correct("100", "104.9") and not relaxed_correct("100", "105.1")
+    assert not relaxed_correct("0", "0.0") and relaxed_correct("Yes", "yes")
+    assert anls("hello world", ["Hello  World"]) == 1.0 and anls("helo", ["hello"]) == pytest.approx(0.8)
+    assert anls("abc", ["xyz"]) == 0.0
+    assert ocr_hit("The text is HELLO", ["hello"], "Regular Text Recognition")
+    assert ocr_hit("a + b", ["a+b"], "Handwritten Mathematical Expression Recognition")
+    assert vqa_text({"question": "What?"}, "internvl") == "What?\nAnswer the question using a single word or phrase."
+    assert vqa_text({"question": "What?"}, "llava") == "What?"
+
+
+def test_textvqa_and_ocrbench_files(tmp_path):
+    rows = [(1, "q", str(["2"] * 10), "val"), (2, "q", str(["cat"] * 2 + ["dog"] * 8), "val")]
+    ds, pred = _setup(tmp_path, "TextVQA_VAL", ["question", "answer", "split"], rows, ["two", "a cat"])
+    assert ds.type == "VQA"
+    assert ds.evaluate(pred, None).metrics["Overall"] == pytest.approx((1 + 0.6) / 2 * 100)
+    rows = [(1, "q", str(["hello"]), "Regular Text Recognition"), (2, "q", str(["x+y"]), "Doc-oriented VQA")]
+    ds, pred = _setup(tmp_path, "OCRBench", ["question", "answer", "category"], rows, ["HELLO there", "no"])
+    m = ds.evaluate(pred, None).metrics
+    assert (m["Text Recognition"], m["Final Score"], m["Final Score Norm"]) == (1, 1, 0.1)

@@ -134,7 +134,7 @@ def _validate(df: pd.DataFrame, path: Path, grounding: bool) -> None:
         raise DataError(f"{path}: duplicate index values: {_listing(dict.fromkeys(df['index'][dup]))}")
     for col in ("image", "image_path"):
         if col in df.columns:
-            multi = df[col].str.strip().str.startswith("[")
+            multi = df[col].str.match(r"\s*\[")  # anchored match: no copy of the base64 column
             if multi.any():
                 raise DataError(f"{path}: multi-image rows are not supported in v1: {_bad_rows(df, multi)}")
     if grounding:
