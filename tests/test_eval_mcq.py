@@ -103,6 +103,7 @@ def test_plain_mcq_with_and_without_judge(tmp_path):
     pred = _preds(tmp_path / "M_MMStar.csv", ds, {1: "A", 2: "hmm", 3: "no idea", 4: "C"})
     rep = ds.evaluate(pred, None)
     assert rep.metrics["Overall"] == 0.25 and rep.judge["mode"] == "exact_matching"
+    assert "Overall=0.25" in rep.summary() and "judge: mode=exact_matching" in rep.summary()
     assert (rep.judge["n_rule"], rep.judge["n_judge"], rep.judge["n_unresolved"]) == (2, 0, 2)
     table = pd.read_csv(rep.files["acc_csv"])
     assert list(table.columns) == ["split", "Overall", "perception", "reasoning", "color", "count"]

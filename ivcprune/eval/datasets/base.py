@@ -49,9 +49,17 @@ class ScoreReport:
     n_rows: int = 0
 
     def summary(self) -> str:
-        keys = [k for k in ("accuracy", "Overall", "perception", "reasoning", "acc") if k in self.metrics]
-        shown = ", ".join(f"{k}={self.metrics[k]:.4g}" for k in keys if isinstance(self.metrics[k], (int, float)))
-        return f"{self.dataset} ({self.type}, {self.n_rows} rows): {shown or 'scored'}"
+        """A few printable lines: headline numbers, the type's table and the judge mode."""
+        head = f"{self.dataset} ({self.type}, {self.n_rows} rows)"
+        scalars = {k: v for k, v in self.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        lines = [head + ": " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in scalars.items())]
+        if self.table is not None and self.type != "VG":
+            lines.append(self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        if self.judge:
+            lines.append(f"judge: mode={self.judge.get('mode')} rule={self.judge.get('n_rule')} "
+                         f"judge={self.judge.get('n_judge')} unresolved={self.judge.get('n_unresolved')}")
+        return "\n".join(lines)
 
 
 def output_paths(pred_file: Path) -> dict[str, Path]:

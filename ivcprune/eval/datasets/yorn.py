@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import Dataset, ScoreReport, cell, check_family, row_error
+from .base import DataError, Dataset, ScoreReport, cell, check_family, row_error
 from .mcq import _count_sources, _judge_info
 
 PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
@@ -71,6 +71,9 @@ def _pct(values) -> float:
 
 def mme_scores(df: pd.DataFrame) -> dict:
     """Per category acc + acc+ (0-200); perception/reasoning sums, reasoning also as cognition."""
+    missing = [c for c in ("category", "image_path") if c not in df.columns]
+    if missing:
+        raise DataError(f"MME scoring needs the column(s) {missing}")
     stats: dict = defaultdict(lambda: defaultdict(list))
     for cat, path, score in zip(df["category"], df["image_path"], df["score"]):
         stats[cat][path].append(bool(score))
