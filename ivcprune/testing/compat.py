@@ -61,28 +61,56 @@ def save_processor(processor, folder, video_config: dict | None = None) -> None:
         (Path(folder) / "video_preprocessor_config.json").write_text(json.dumps(video_config, indent=2) + "\n")
 
 
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _processor_class(folder: Path, cfg: dict):
+    """The processor class a folder names (processor/preprocessor config, else by model type)."""
+    import transformers as tf
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = cfg.get("processor_class") or _read_json(folder / "preprocessor_config.json").get("processor_class")
+    if not name:
+        model_type = _read_json(folder / "config.json").get("model_type")
+        name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    return getattr(tf, name, None) if isinstance(name, str) else None
+
+
+def _chat_template(folder: Path, cfg: dict, tokenizer):
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    return (
+        _read_json(folder / "chat_template.json").get("chat_template")
+        or cfg.get("chat_template")
+        or getattr(tokenizer, "chat_template", None)
+    )
+
+
 def load_processor(folder, **kwargs):
-    """``AutoProcessor.from_pretrained`` with a still-image fallback when video processors cannot load."""
+    """``AutoProcessor.from_pretrained`` with a still-image fallback when video processors cannot load.
+
+    Works for the factory's folders and for real local checkpoints (Qwen2-VL, Qwen2.5-VL, InternVL
+    -hf) on installs without torchvision: the image processor is then the PIL backend.
+    """
     import transformers as tf
 
     try:
         return tf.AutoProcessor.from_pretrained(folder, **kwargs)
     except (ImportError, OSError, AttributeError, TypeError, ValueError) as err:
-        cfg_file = Path(folder) / "processor_config.json"
-        if not cfg_file.is_file():
-            raise
-        cfg = json.loads(cfg_file.read_text())
-        proc_cls = getattr(tf, cfg.get("processor_class", ""), None)
-        if proc_cls is None or _VIDEO not in proc_cls.get_attributes():
-            raise
         stock_error = err
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise stock_error
+    cfg = _read_json(folder / "processor_config.json")
+    proc_cls = _processor_class(folder, cfg)
+    if proc_cls is None or _VIDEO not in proc_cls.get_attributes():
+        raise stock_error
     image_processor = tf.AutoImageProcessor.from_pretrained(folder, backend="pil", **kwargs)
     tokenizer = tf.AutoTokenizer.from_pretrained(folder, **kwargs)
-    template_file = Path(folder) / "chat_template.jinja"
-    template = template_file.read_text() if template_file.is_file() else cfg.get("chat_template")
-    skip = {"processor_class", "chat_template", *proc_cls.get_attributes()}
+    skip = {"processor_class", "chat_template", "auto_map", *proc_cls.get_attributes()}
     extra = {k: v for k, v in cfg.items() if k not in skip}
     try:
-        return assemble_processor(proc_cls, image_processor, tokenizer, template, **extra)
+        return assemble_processor(proc_cls, image_processor, tokenizer, _chat_template(folder, cfg, tokenizer), **extra)
     except Exception as err:  # keep the stock failure visible: it is the root cause
         raise err from stock_error

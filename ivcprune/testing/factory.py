@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .compat import save_processor
 
-FACTORY_VERSION = 2
+FACTORY_VERSION = 3
 TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava", "internvl")
 
 _COMMON = {"layers": 4, "hidden": 64, "heads": 4, "kv_heads": 2, "seed": 0, "init_gain": 1.0}
@@ -58,8 +58,9 @@ def _reinit(model, gain: float) -> None:
 
     for name, p in model.named_parameters():
         if p.dim() >= 2:
-            if "embed_tokens" in name or "embeddings" in name and "patch" not in name:
-                std = 1.0 * gain
+            is_embedding = "embed_tokens" in name or ("embedding" in name and "patch" not in name)
+            if is_embedding:  # token / position tables and CLS vectors: unit scale like a trained table
+                std = gain
             else:
                 std = gain / math.sqrt(p[0].numel())
             torch.nn.init.normal_(p, 0.0, std)

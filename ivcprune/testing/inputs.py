@@ -39,8 +39,7 @@ def tiny_inputs(family: str, processor, images, texts):
         for imgs, t in zip(per_sample, texts)
     ]
     flat = [img for imgs in per_sample for img in imgs]
-    processor.tokenizer.padding_side = "left"
-    kwargs = {"text": prompts, "padding": True, "return_tensors": "pt"}
+    kwargs = {"text": prompts, "padding": True, "padding_side": "left", "return_tensors": "pt"}
     if flat:
         kwargs["images"] = flat
     return processor(**kwargs)
