@@ -132,12 +132,7 @@ class DeepseekVL2ForCausalLM(nn.Module):
         """Token embeddings with every image's layout scattered into its ``images_seq_mask`` slots."""
         embeds = self.get_input_embeddings()(input_ids)
         if images is None or images_spatial_crop is None or int(images_spatial_crop.sum()) == 0:
-            self.last_image_layout = None
             return embeds
-        self.last_image_layout = image_spans(
-            images_seq_mask, images_spatial_crop, image_sizes, self.settings.tokens_per_side,
-            self.settings.global_view_pos == "head",
-        )
         tiles, crops = [], []
         for b in range(input_ids.shape[0]):
             offset = 0
@@ -167,11 +162,20 @@ class DeepseekVL2ForCausalLM(nn.Module):
             rows.append(row)
         return torch.stack(rows, 0)
 
+    def image_layout(self, images_seq_mask=None, images_spatial_crop=None, image_sizes=None):
+        """Per-sample ``ImageSpan`` lists (empty for text-only rows); None when no image inputs are given."""
+        if images_seq_mask is None or images_spatial_crop is None:
+            return None
+        return image_spans(images_seq_mask, images_spatial_crop, image_sizes, self.settings.tokens_per_side,
+                           self.settings.global_view_pos == "head")
+
     # ---- forward / generate ----------------------------------------------------------------------
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, images=None, images_seq_mask=None, images_spatial_crop=None,
                 image_sizes=None, use_cache=None, logits_to_keep: int = 0, **kwargs):
         """Returns the LM output (``.logits``, ``.past_key_values``); images are used only when given."""
+        if past_key_values is None or past_key_values.get_seq_length() == 0:  # a prefill
+            self.last_image_layout = self.image_layout(images_seq_mask, images_spatial_crop, image_sizes)
         if inputs_embeds is None:
             inputs_embeds = self.prepare_inputs_embeds(
                 input_ids, images, images_seq_mask, images_spatial_crop, image_sizes
@@ -193,12 +197,14 @@ class DeepseekVL2ForCausalLM(nn.Module):
                  images_spatial_crop=None, image_sizes=None, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
                  eos_token_id=None, pad_token_id=None, use_cache: bool = True,
-                 generator: torch.Generator | None = None, **_ignored) -> torch.Tensor:
+                 generator: torch.Generator | None = None, bos_token_id=None, num_beams: int = 1) -> torch.Tensor:
         """Greedy or sampled decoding over a left-padded batch; returns prompt + new tokens (B, T + n).
 
         Finished rows are filled with ``pad_token_id`` (default: the EOS id). ``use_cache=False`` re-runs
         the whole prompt (images included) every step: slow, but an independent oracle for the cache.
         """
+        if num_beams != 1:
+            raise NotImplementedError("beam search is not implemented; use greedy or sampling")
         eos = eos_token_id if eos_token_id is not None else self.config.eos_token_id
         eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=input_ids.device)
         pad = int(pad_token_id if pad_token_id is not None else eos_ids[0])
