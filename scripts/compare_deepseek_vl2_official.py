@@ -90,6 +90,7 @@ def run_official(model_path: str, image_path: str, ours: dict, device: str = "cu
     names = ("input_ids", "attention_mask", "images_seq_mask", "images", "images_spatial_crop")
     feed = {k: ours[k].to(device) for k in names}
     feed["images"] = feed["images"].to(torch.bfloat16)
+    feed["attention_mask"] = feed["attention_mask"].long()  # 4.38's mask converter rejects bool
     tok = processor.tokenizer
     with torch.no_grad():
         embeds = model.prepare_inputs_embeds(**{k: feed[k] for k in names if k != "attention_mask"})

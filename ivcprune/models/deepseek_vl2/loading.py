@@ -50,11 +50,11 @@ def shard_files(folder: Path) -> list[Path]:
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {folder}")
 
 
-def read_checkpoint(folder: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """All tensors of all shards, cast to ``dtype``; duplicate keys across shards are an error."""
+def read_checkpoint(folder: Path, dtype: torch.dtype, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of all shards on ``device``, cast to ``dtype``; a key in two shards is an error."""
     tensors: dict[str, torch.Tensor] = {}
     for file in shard_files(folder):
-        with safe_open(str(file), framework="pt") as fh:
+        with safe_open(str(file), framework="pt", device=str(device)) as fh:
             for key in fh.keys():
                 if key in tensors:
                     raise ValueError(f"key {key} appears in more than one shard")

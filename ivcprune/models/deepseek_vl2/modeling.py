@@ -104,7 +104,7 @@ class DeepseekVL2ForCausalLM(nn.Module):
             settings.text_config._experts_implementation = experts_implementation
         with torch.device("meta"):
             model = cls(settings)
-        load_strict(model, read_checkpoint(folder, target), settings.text_config.n_routed_experts)
+        load_strict(model, read_checkpoint(folder, target, device or "cpu"), settings.text_config.n_routed_experts)
         materialise_meta_buffers(model)
         model.eval()
         return model.to(device) if device is not None else model
