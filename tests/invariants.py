@@ -115,3 +115,180 @@ class PositionRecorder:
 
     def remove(self):
         self.handle.remove()
+
+
+# --- family-independent checks (used by test_runtime_llava.py / test_runtime_internvl.py) ----------------------
+# ``make`` is a callable retention -> PruningMethod; inputs may carry extra model kwargs (e.g. image_sizes).
+
+
+def embed_via_hook(model, inputs):
+    """Prompt embeddings and position ids exactly as the text model receives them (unhooked forward)."""
+    text = ivcprune.models.get_adapter(model).text_model
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"].detach().clone()
+        pos = kwargs.get("position_ids")
+        seen["pos"] = None if pos is None else pos.clone()
+
+    handle = text.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        handle.remove()
+    emb = seen["embeds"]
+    pos = seen["pos"] if seen["pos"] is not None else torch.arange(emb.shape[1])[None].expand(emb.shape[0], -1)
+    return emb, pos
+
+
+def check_identity(model, inputs, make, steps):
+    seq, scores, _, _ = greedy(model, inputs, steps)
+    seq1, scores1, _, trace = greedy(model, inputs, steps, make(1.0))
+    assert torch.equal(seq, seq1)
+    assert all(torch.equal(a, b) for a, b in zip(scores, scores1))
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        with ivcprune.prune(model, make(1.0)):
+            got = model(**inputs).logits
+    assert torch.equal(ref, got)
+    assert trace.selections[-1].pruned is False
+
+
+def check_cache(model, inputs, make, layer, steps):
+    """Cache lengths after prefill and generate, and bitwise cut content of layers < K. Returns the selection."""
+    n_layers = ivcprune.models.get_adapter(model).num_layers
+    _, _, cache, trace = greedy(model, inputs, steps, make(None))
+    sel = trace.selections[-1]
+    p = sel.max_kept
+    assert p == sel.valid_length[0] - sel.image_tokens[0] + sel.kept_image_tokens[0]
+    assert cache_lengths(cache) == [p + steps - 1] * n_layers
+    with torch.no_grad():
+        full = model(**inputs, use_cache=True).past_key_values
+        with ivcprune.prune(model, make(None)) as tr:
+            out = model(**inputs, use_cache=True)
+    assert out.logits.shape[1] == p
+    assert cache_lengths(out.past_key_values) == [p] * n_layers
+    keep = torch.tensor(tr.selections[-1].kept[0])
+    for i in range(layer):
+        assert torch.equal(out.past_key_values.layers[i].keys[0], full.layers[i].keys[0][:, keep])
+        assert torch.equal(out.past_key_values.layers[i].values[0], full.layers[i].values[0][:, keep])
+    return sel
+
+
+def check_positions(model, inputs, make, layer, steps):
+    """Decode position ids equal the unpruned run's; rotary entering layer K is the original one at keep."""
+    text = ivcprune.models.get_adapter(model).text_model
+    rec = PositionRecorder(text)
+    try:
+        greedy(model, inputs, steps)
+        unpruned = rec.calls[1:]
+        rec.calls.clear()
+        _, _, _, trace = greedy(model, inputs, steps, make(None))
+        pruned = rec.calls[1:]
+    finally:
+        rec.remove()
+    assert len(unpruned) == len(pruned) == steps - 1
+    for a, b in zip(unpruned, pruned):
+        assert torch.equal(a, b)
+    keep = trace.selections[-1].kept[0]
+    seen = {}
+    def grab(module, args, kwargs):
+        seen["cos"] = kwargs["position_embeddings"][0]
+
+    with torch.no_grad(), ivcprune.prune(model, make(None)):
+        handle = text.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)  # runs after the cut
+        try:
+            model(**inputs)
+        finally:
+            handle.remove()
+    emb, pos = embed_via_hook(model, inputs)
+    cos_full, _ = text.rotary_emb(emb, pos)
+    assert torch.equal(seen["cos"][0], cos_full[0, keep])
+
+
+def check_handwritten_decode(model, inputs, make, steps):
+    """A decode loop passing the full 2-D mask and no position ids continues in the original numbering."""
+    seq, scores, _, _ = greedy(model, inputs, steps, make(None))
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "pixel_values")}
+    with torch.no_grad(), ivcprune.prune(model, make(None)):
+        out = model(**inputs, use_cache=True)
+        cache, mask = out.past_key_values, inputs["attention_mask"]
+        logits = [out.logits[:, -1]]
+        prompt_len = inputs["input_ids"].shape[1]
+        for t in range(steps - 1):
+            token = seq[:, prompt_len + t: prompt_len + t + 1]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True, **extra)
+            logits.append(out.logits[:, -1])
+    for a, b in zip(logits, scores):
+        valid = torch.isfinite(b)
+        assert torch.allclose(a[valid], b[valid], atol=1e-5)
+
+
+def check_oracle(case, model, inputs, make, layer, steps):
+    seq, scores, _, trace = greedy(model, inputs, steps, make(None))
+    keep = trace.selections[-1].kept[0]
+    prompt_len = inputs["input_ids"].shape[1]
+    generated = seq[0, prompt_len:prompt_len + steps - 1].tolist()
+    ref = oracle_logits(case, model, inputs, keep, generated, layer)
+    for step, score in enumerate(scores):
+        valid = torch.isfinite(score[0])
+        assert torch.allclose(ref[step][valid], score[0][valid], atol=1e-5), step
+
+
+def check_padded_batch(case, model, proc, make, steps, images, texts):
+    """A left-padded batch of 2 gives each sample its alone keep set, tokens and logits (1e-5)."""
+    batch = case.inputs(proc, images, texts)
+    seq_b, scores_b, cache_b, tr_b = greedy(model, batch, steps, make(None))
+    sel_b = tr_b.selections[-1]
+    assert cache_lengths(cache_b)[0] == sel_b.max_kept + steps - 1
+    assert sel_b.kept_count[0] != sel_b.kept_count[1]
+    width = batch["input_ids"].shape[1]
+    for b in range(2):
+        alone = case.inputs(proc, images[b], texts[b])
+        seq_a, scores_a, _, tr_a = greedy(model, alone, steps, make(None))
+        offset = width - alone["input_ids"].shape[1]
+        assert [i - offset for i in sel_b.kept[b]] == tr_a.selections[-1].kept[0]
+        assert seq_b[b, width:].tolist() == seq_a[0, alone["input_ids"].shape[1]:].tolist()
+        for sb, sa in zip(scores_b, scores_a):
+            valid = torch.isfinite(sa[0])
+            assert torch.allclose(sb[b][valid], sa[0][valid], atol=1e-5)
+    return sel_b
+
+
+def check_text_only(case, model, proc, make, steps):
+    text_inputs = case.inputs(proc, None, "Tell me a story about a cat.")
+    seq, scores, _, _ = greedy(model, text_inputs, steps)
+    seq1, scores1, _, trace = greedy(model, text_inputs, steps, make(None))
+    assert torch.equal(seq, seq1)
+    assert all(torch.equal(a, b) for a, b in zip(scores, scores1))
+    assert trace.selections[-1].pruned is False and trace.selections[-1].image_tokens == [0]
+
+
+def check_use_cache_false(model, inputs, make):
+    with torch.no_grad(), ivcprune.prune(model, make(None)) as trace:
+        cached = model(**inputs, use_cache=True).logits
+        uncached = model(**inputs, use_cache=False).logits
+    p = trace.selections[-1].max_kept
+    assert uncached.shape[1] == cached.shape[1] == p
+    assert torch.allclose(uncached[:, -1], cached[:, -1], atol=1e-6)
+    assert len(trace.selections) == 2
+
+
+def kept_sets_across(case, make, inputs_for, attns=("eager", "sdpa"), threads=(1, 2)):
+    """Kept sets of one prompt for every (backend, thread count); callers assert they are all equal."""
+    kept = []
+    old = torch.get_num_threads()
+    try:
+        for attn in attns:
+            model, proc = case.load(attn)
+            inputs = inputs_for(proc)
+            for n in threads:
+                torch.set_num_threads(n)
+                with torch.no_grad(), ivcprune.prune(model, make(None)) as trace:
+                    model(**inputs)
+                kept.append(trace.selections[-1].kept)
+    finally:
+        torch.set_num_threads(old)
+    return kept

@@ -49,3 +49,66 @@ def _difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.numel() == 0 or b.numel() == 0:
         return a
     return a[~torch.isin(a, b)]
+
+
+def upsample_thumbnail(cells: torch.Tensor, side: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Map thumbnail cells onto the tiled full grid (ALGORITHM §4.2; InternVL).
+
+    cells: thumbnail-relative indices r*side + c of a side x side thumbnail; grid: (w_b, h_b) tiles.
+    Cell (r, c) covers full-grid rows r*h_b + dy (dy < h_b) and columns c*w_b + dx (dx < w_b); full-grid cell
+    (R, C) lies in tile (R // side) * w_b + C // side at in-tile offset (R % side) * side + C % side.
+    Returns span-relative indices (tile * side**2 + offset), sorted and deduplicated.
+    """
+    w_b, h_b = grid
+    cells = cells.reshape(-1).long().cpu()
+    if cells.numel() == 0:
+        return torch.empty(0, dtype=torch.long)
+    r, c = cells // side, cells % side
+    dy, dx = torch.meshgrid(torch.arange(h_b), torch.arange(w_b), indexing="ij")
+    rows = (r[:, None] * h_b + dy.reshape(1, -1)).reshape(-1)
+    cols = (c[:, None] * w_b + dx.reshape(1, -1)).reshape(-1)
+    tile = (rows // side) * w_b + cols // side
+    offset = (rows % side) * side + cols % side
+    return (tile * side * side + offset).unique()
+
+
+def thumb_budget(
+    ivc_thumb: torch.Tensor,
+    ivc_tiles: torch.Tensor,
+    seeds: torch.Tensor,
+    scores: torch.Tensor,
+    grid: tuple[int, int],
+    retention: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """THUMB-BUDGET(rho) (InternVL, ALGORITHM §2 F7): foreground chosen on the thumbnail, mapped onto the tiles.
+
+    ivc_thumb, seeds: thumbnail-relative; scores: F over the T_t thumbnail tokens; ivc_tiles: span-relative
+    (tiles before the thumbnail). grid = (w_b, h_b); n = w_b*h_b + 1 tiles, or 1 tile (grid (1, 1)) that acts
+    as the thumbnail and is not up-sampled. Returns (selected, foreground) as span-relative indices, where
+    foreground = the selected tokens that came from F (thumbnail picks, their up-sampled cells, the fill).
+    """
+    tile_tokens = scores.numel()
+    side = int(round(tile_tokens ** 0.5))
+    if side * side != tile_tokens:
+        raise ValueError(f"THUMB-BUDGET needs square tiles, got {tile_tokens} tokens per tile")
+    w_b, h_b = grid
+    tiles = w_b * h_b + 1 if w_b * h_b > 1 else 1
+    thumb0 = (tiles - 1) * tile_tokens  # span offset of the thumbnail
+    length = tiles * tile_tokens
+    scores = scores.cpu()
+    ivc_thumb = _union(ivc_thumb)
+    order = rank(scores)
+    not_ivc = order[~torch.isin(order, ivc_thumb)]
+    fg = not_ivc[:max(0, count(tile_tokens, retention) - ivc_thumb.numel())]
+    up = upsample_thumbnail(fg, side, grid) if tiles > 1 else torch.empty(0, dtype=torch.long)
+    prio = _union(ivc_thumb + thumb0, fg + thumb0, ivc_tiles, up, _union(seeds) + thumb0)
+    target = max(1, count(length, retention))
+    fill = torch.empty(0, dtype=torch.long)
+    if prio.numel() < target:
+        rest = order[~torch.isin(order + thumb0, prio)]
+        fill = rest[:target - prio.numel()] + thumb0
+        selected = _union(prio, fill)
+    else:
+        selected = prio[:target]  # prio is sorted: the `target` lowest span indices
+    foreground = _union(fg + thumb0, up, fill)
+    return selected, foreground[torch.isin(foreground, selected)]

@@ -2,5 +2,6 @@
 
 from ivcprune.models.base import FamilyAdapter, FamilySettings, get_adapter, register_adapter
 from ivcprune.models import qwen2_vl  # noqa: F401
+from ivcprune.models import internvl, llava  # noqa: F401
 
 __all__ = ["FamilyAdapter", "FamilySettings", "get_adapter", "register_adapter"]

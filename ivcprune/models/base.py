@@ -49,8 +49,14 @@ class FamilyAdapter:
 
     # --- structure -------------------------------------------------------------------------------------------
     @property
-    def text_model(self) -> nn.Module:  # the decoder stack that owns .layers and the rotary module
-        raise NotImplementedError
+    def text_model(self) -> nn.Module:
+        """The decoder stack that owns .layers and the rotary module.
+
+        Default: ``language_model`` of the VL model, the layout of transformers' native VL classes (the
+        ``...ForConditionalGeneration`` wrapper holds it under ``.model``); override for other layouts.
+        """
+        vl = self.model.model if hasattr(self.model, "lm_head") else self.model
+        return vl.language_model
 
     @property
     def layers(self) -> nn.ModuleList:

@@ -1,0 +1,139 @@
+"""Runtime invariants of ALGORITHM §7 for LLaVA-1.5 on a tiny random checkpoint (eager and sdpa).
+
+LLaVA's default policy is UNION (no budget): ``IVCPrune(layer=K)`` keeps top-20 % F u seeds u IVC. A retention in
+(0, 1) switches to BUDGET(rho) with the same IVC sets and seeds; 1.0 is the exact no-op.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlavaForConditionalGeneration
+
+import ivcprune
+from ivcprune.testing import load_processor, make_image, tiny_checkpoint, tiny_inputs
+import invariants as inv
+
+K = 2
+STEPS = 4
+_MODELS = {}
+PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: the red circle"
+
+
+def load(attn):
+    if attn not in _MODELS:
+        path = tiny_checkpoint("llava")
+        model = LlavaForConditionalGeneration.from_pretrained(path, attn_implementation=attn).eval()
+        _MODELS[attn] = (model, load_processor(path))
+    return _MODELS[attn]
+
+
+CASE = inv.Case(family="llava", load=load,
+                inputs=lambda proc, images, texts: tiny_inputs("llava", proc, images, texts),
+                embed=inv.embed_via_hook, image_size=(112, 84), other_size=(84, 140))
+
+
+def make(retention=None):
+    return ivcprune.IVCPrune(layer=K, retention=retention)
+
+
+@pytest.fixture(params=["eager", "sdpa"])
+def setup(request):
+    model, proc = CASE.load(request.param)
+    return model, proc, CASE.inputs(proc, make_image(*CASE.image_size, seed=1), PROMPT)
+
+
+def union_size(image):
+    """|top_k(F, round(0.2 L)) u seeds u IVC| is between the largest part and the sum of the parts."""
+    fg = round(0.2 * image.length)
+    return max(fg, len(set(image.ivc) | set(image.seeds))), fg + len(set(image.ivc) | set(image.seeds))
+
+
+def test_identity_at_retention_one_is_bit_exact(setup):
+    inv.check_identity(*setup[::2], make, STEPS)
+
+
+def test_cache_lengths_and_content(setup):
+    model, proc, inputs = setup
+    sel = inv.check_cache(model, inputs, make, K, STEPS)
+    im = sel.images[0][0]
+    assert im.length == model.config.image_seq_length
+    lo, hi = union_size(im)
+    assert lo <= len(im.kept) <= hi
+    assert set(im.ivc) | set(im.seeds) <= set(im.kept)
+    assert len(im.ivc_cos) == len(im.ivc_sin) == round(0.05 * im.length)
+
+
+def test_budget_retention_keeps_round_rho_l(setup):
+    model, proc, inputs = setup
+    sel = inv.check_cache(model, inputs, lambda r: make(0.5 if r is None else r), K, STEPS)
+    im = sel.images[0][0]
+    assert len(im.kept) == round(0.5 * im.length)
+    assert set(im.ivc) | set(im.seeds) <= set(im.kept)
+
+
+def test_decode_positions_are_original(setup):
+    inv.check_positions(*setup[::2], make, K, STEPS)
+
+
+def test_hand_written_decode_loop_gets_original_positions(setup):
+    inv.check_handwritten_decode(*setup[::2], make, STEPS)
+
+
+def test_cached_decode_equals_oracle(setup):
+    model, proc, inputs = setup
+    inv.check_oracle(CASE, model, inputs, make, K, STEPS)
+
+
+def test_padded_batch_equals_each_sample_alone(setup):
+    model, proc, _ = setup
+    images = [make_image(*CASE.image_size, seed=1), make_image(*CASE.other_size, seed=2)]
+    sel = inv.check_padded_batch(CASE, model, proc, make, STEPS, images, [PROMPT, "What is in the picture?"])
+    # left padding shifts sample 1: its span starts later, and positions come from the model, not the index
+    assert sel.images[1][0].start > sel.images[0][0].start or sel.valid_length[1] == sel.prompt_length
+
+
+def test_text_only_prompt_is_untouched(setup):
+    model, proc, _ = setup
+    inv.check_text_only(CASE, model, proc, make, STEPS)
+
+
+def test_several_images_are_selected_separately(setup):
+    model, proc, _ = setup
+    two = CASE.inputs(proc, [[make_image(*CASE.image_size, seed=1), make_image(*CASE.other_size, seed=2)]], [PROMPT])
+    _, _, cache, trace = inv.greedy(model, two, STEPS, make())
+    sel = trace.selections[-1]
+    images = sel.images[0]
+    assert len(images) == 2 and images[0].end < images[1].start
+    for im in images:
+        lo, hi = union_size(im)
+        assert lo <= len(im.kept) <= hi and all(im.start <= i < im.end for i in im.kept)
+    image_positions = {i for im in images for i in range(im.start, im.end)}
+    assert set(sel.kept[0]) >= {i for i in range(sel.prompt_length) if i not in image_positions}
+    # queries of the first image exclude the second image's tokens: its seeds are its own tokens
+    assert all(images[0].start <= s < images[0].end for s in images[0].seeds)
+    assert inv.cache_lengths(cache)[0] == sel.max_kept + STEPS - 1
+
+
+def test_use_cache_false_returns_kept_rows(setup):
+    inv.check_use_cache_false(*setup[::2], make)
+
+
+def test_selection_is_deterministic_across_threads_and_backends():
+    kept = inv.kept_sets_across(CASE, make, lambda proc: CASE.inputs(proc, make_image(*CASE.image_size, seed=1), PROMPT))
+    assert all(k == kept[0] for k in kept)
+
+
+def test_image_spans_follow_the_token_id_not_the_template():
+    """Spans come from config.image_token_id, whatever precedes them; adjacent images split by tokens per image."""
+    model, proc = load("sdpa")
+    adapter = ivcprune.models.get_adapter(model)
+    n, image_id = model.config.image_seq_length, model.config.image_token_id
+    ids = torch.tensor([[5, 6, 7] + [image_id] * (2 * n) + [8, 9]])
+    from ivcprune.models.base import RequestInputs
+
+    spans = adapter.image_spans(RequestInputs(input_ids=ids, valid=torch.ones_like(ids, dtype=torch.bool)))
+    assert [(im.start, im.length) for im in spans[0]] == [(3, n), (3 + n, n)]
+    bad = torch.tensor([[5] + [image_id] * (n + 1)])
+    with pytest.raises(ValueError, match="multiple"):
+        adapter.image_spans(RequestInputs(input_ids=bad, valid=torch.ones_like(bad, dtype=torch.bool)))
