@@ -418,7 +418,7 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
                     raise PairFailed(errors[0].splitlines()[0] if "failed to load" not in errors[0] else
                                      f"model {pair.entry.name} failed to load; traceback in "
                                      f"{pair.path('_error.log')}")
-                if pending or not pair.path(".csv").exists():
+                if pending or not pair.path(".csv").exists() or store.part_files(pair.parts_dir, pair.stem):
                     _, records = merge(pair, ds, fp, args.reuse)
                 else:
                     records = [store.latest_records(existing_records(pair, ds.type == "VG"))[str(i)]

@@ -160,19 +160,28 @@ def write_table(df: pd.DataFrame, csv_path: Path, xlsx: bool = True) -> None:
         return
     xlsx_path = csv_path.with_suffix(".xlsx")
     tmp = xlsx_path.with_name(f".{xlsx_path.stem}.tmp{os.getpid()}.xlsx")
+    try:
+        xlsx_safe(df, xlsx_path.name).to_excel(tmp, index=False, engine="openpyxl")
+        os.replace(tmp, xlsx_path)
+    except Exception as err:  # noqa: BLE001 - the CSV is authoritative; a broken twin is only a warning
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"{xlsx_path.name} not written ({type(err).__name__}: {err}); the CSV is complete",
+                      stacklevel=2)
+
+
+def xlsx_safe(df: pd.DataFrame, name: str = "xlsx") -> pd.DataFrame:
+    """Cells Excel can hold: control characters removed, long text cut to 32,767 chars (with a warning)."""
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
     cut = df.copy()
     truncated = 0
-    for col in cut.columns:
-        if cut[col].dtype == object:
-            long = cut[col].map(lambda v: isinstance(v, str) and len(v) > XLSX_CELL_LIMIT)
-            if long.any():
-                truncated += int(long.sum())
-                cut.loc[long, col] = cut.loc[long, col].str.slice(0, XLSX_CELL_LIMIT)
+    for col in cut.columns:  # every column: pandas 3 stores text as a 'str' dtype, not object
+        values = [ILLEGAL_CHARACTERS_RE.sub("", v) if isinstance(v, str) else v for v in cut[col]]
+        truncated += sum(isinstance(v, str) and len(v) > XLSX_CELL_LIMIT for v in values)
+        cut[col] = [v[:XLSX_CELL_LIMIT] if isinstance(v, str) else v for v in values]
     if truncated:
-        warnings.warn(f"{xlsx_path.name}: {truncated} cell(s) over {XLSX_CELL_LIMIT} chars truncated (xlsx only)",
-                      stacklevel=2)
-    cut.to_excel(tmp, index=False, engine="openpyxl")
-    os.replace(tmp, xlsx_path)
+        warnings.warn(f"{name}: {truncated} cell(s) over {XLSX_CELL_LIMIT} chars truncated (xlsx only)", stacklevel=3)
+    return cut
 
 
 def read_table(csv_path: Path) -> pd.DataFrame:
