@@ -193,3 +193,30 @@ def test_qwen_mrope_positions(family):
     assert (first[0] == first[0, 0]).all()
     assert first[1].tolist() == [first[1, 0].item() + r for r in range(3) for _ in range(4)]
     assert first[2].tolist() == [first[2, 0].item() + c for _ in range(3) for c in range(4)]
+
+
+@pytest.mark.parametrize(
+    "family, overrides, size, expected",
+    [
+        ("qwen2_5_vl", {"max_pixels": 64 * 28 * 28}, (448, 448), 64),  # 448^2 fits: 32*32/4
+        ("llava", {"image_tokens": 64}, (112, 84), 64),  # 112-px crop, 8x8 patches
+        ("internvl", {"max_tiles": 2}, (300, 100), 48),  # 2x1 grid + thumbnail = 3 tiles
+    ],
+)
+def test_overrides_change_token_counts(family, overrides, size, expected):
+    from transformers import AutoConfig
+
+    path = tiny_checkpoint(family, layers=2, **overrides)
+    assert AutoConfig.from_pretrained(path).text_config.num_hidden_layers == 2
+    assert read_record(path)["settings"].items() >= overrides.items()
+    proc = load_processor(path)
+    inp = tiny_inputs(family, proc, make_image(*size, 0), "Where?")
+    tid = proc.image_token_id
+    assert int((inp["input_ids"] == tid).sum()) == expected
+
+
+def test_unknown_override_is_rejected():
+    with pytest.raises(TypeError, match="image_tokens"):
+        tiny_checkpoint("qwen2_vl", image_tokens=64)
+    with pytest.raises(ValueError, match="unknown tiny family"):
+        tiny_checkpoint("blip")
