@@ -140,3 +140,8 @@ class InternVLAdapter(FamilyAdapter):
         image.ivc_sin = (ivc_sin + a).tolist()
         image.seeds = sorted((seed_cols.cpu() + a + thumb0).tolist())
         image.foreground = (foreground + a).tolist()
+
+
+def image_sizes(images) -> torch.Tensor:
+    """The ``image_sizes`` kwarg for PIL images in prompt order: one (height, width) row per image."""
+    return torch.tensor([[im.height, im.width] for im in images], dtype=torch.long).reshape(-1, 2)
