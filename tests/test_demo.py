@@ -1,0 +1,74 @@
+"""The embedded default and the test_ivcp_*.sh scripts (HARNESS §11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_runner_support import REPO, predictions, setup_env
+
+from ivcprune.tools import demo
+
+SCRIPTS = REPO / "scripts"
+
+
+def _script_env(tmp_path: Path, **extra) -> dict:
+    """A clean environment for the scripts: HOME without LMUData, no *_PATH variables, no GPUs."""
+    env = {k: v for k, v in os.environ.items() if k != "LMUData" and not k.endswith("_PATH")}
+    env.update(HOME=str(tmp_path / "home"), CUDA_VISIBLE_DEVICES="", WORK_DIR=str(tmp_path / "outputs"),
+               OMP_NUM_THREADS="1", **extra)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return env
+
+
+def test_nothing_configured_detection(tmp_path, monkeypatch):
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+    assert demo.nothing_configured({})
+    assert not demo.nothing_configured({"LMUData": "/x"})
+    assert not demo.nothing_configured({"QWEN25VL_7B_PATH": "/w"})
+    (tmp_path / "LMUData").mkdir()
+    assert not demo.nothing_configured({})
+
+
+def test_qwen_grounding_script_runs_the_embedded_demo(tmp_path):
+    env = _script_env(tmp_path, IVCP_TINY_CACHE=os.environ.get("IVCP_TINY_CACHE", str(tmp_path / "tiny")))
+    res = subprocess.run(["bash", str(SCRIPTS / "test_ivcp_qwen_grounding.sh")], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=170)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    assert "RANDOM-WEIGHT" in out and "LMUData" in out and "--model-path" in out and "QWEN25VL_7B_PATH" in out
+    assert "Scores (RefCOCO_testA_for_qwen25vl)" in out and "Efficiency:" in out
+    work = tmp_path / "outputs"
+    for name in ("Qwen2.5-VL-7B-Instruct_Grounding", "Qwen2.5-VL-7B-Instruct_Grounding_IVCP_k2"):
+        score = json.loads((work / name / f"{name}_RefCOCO_testA_for_qwen25vl_score.json").read_text())
+        assert score["number"] == 24 and score["frame_mismatches"] == 0
+    eff = json.loads((work / "Qwen2.5-VL-7B-Instruct_Grounding_IVCP_k2" /
+                      "Qwen2.5-VL-7B-Instruct_Grounding_IVCP_k2_RefCOCO_testA_for_qwen25vl_efficiency.json").read_text())
+    assert 0 < eff["kept_fraction"] < 1 and eff["mean_kv_bytes_saved"] > 0
+
+
+def test_script_matrix_continues_after_a_failing_pair(tmp_path):
+    s = setup_env(tmp_path, n=4)
+    env = _script_env(tmp_path, LMUData=str(s["data"]), IVCP_SCRIPTED_LOG=str(s["log"]),
+                      MODELS="Broken_IVCP Scripted_IVCP", DATASETS="POPE", BASELINE="1")
+    res = subprocess.run(["bash", str(SCRIPTS / "test_ivcp_qwen_generalvqa.sh"), "--model-config", str(s["cfg"]),
+                          "--limit", "2"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0  # Broken_IVCP and its baseline fail ...
+    assert "3 of 4 pair(s) succeeded" not in res.stdout
+    assert "2 of 4 pair(s) succeeded" in res.stdout, res.stdout + res.stderr
+    for model in ("Scripted_IVCP", "Scripted"):  # ... the scripted pairs still ran
+        assert len(predictions(tmp_path / "outputs", model=model, stem="POPE_limit2")) == 2
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("test_ivcp_*.sh")))
+def test_scripts_parse_and_name_registered_models(script):
+    assert subprocess.run(["bash", "-n", str(SCRIPTS / script)]).returncode == 0
+    from ivcprune.eval.registry import load_registry
+
+    text = (SCRIPTS / script).read_text()
+    models = text.split("ivcp_run_matrix \"", 1)[1].split("\"", 1)[0].split()
+    names = load_registry()
+    assert models and all(m in names for m in models)
