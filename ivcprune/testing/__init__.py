@@ -4,7 +4,7 @@ Each family's folder loads with the stock ``from_pretrained`` (model and process
 checkpoint. See ``factory`` for the build/cache API and the family modules for token-count rules.
 """
 
-from .compat import load_processor
+from ivcprune.models.processor_loading import load_processor
 from .factory import FACTORY_VERSION, TINY_FAMILIES, make_tiny_checkpoint, read_record, settings, tiny_checkpoint
 from .images import make_image
 from .inputs import messages_for, tiny_inputs

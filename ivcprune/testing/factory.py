@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .compat import save_processor
+from ivcprune.models.processor_loading import save_processor
 
 FACTORY_VERSION = 3
 TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava", "internvl")

@@ -10,7 +10,7 @@ tile and an image costs 16*n ``<IMG_CONTEXT>`` tokens between ``<img>`` and ``</
 from __future__ import annotations
 
 from .common import text_kwargs
-from .compat import assemble_processor
+from ivcprune.models.processor_loading import assemble_processor
 from .qwen import build_tokenizer as qwen_tokenizer
 
 IMAGE_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>", "<video>")

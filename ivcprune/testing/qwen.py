@@ -9,7 +9,7 @@ image-token counts follow the real formula  tokens = (H'/14)*(W'/14)/4  with (H'
 from __future__ import annotations
 
 from .common import text_kwargs
-from .compat import assemble_processor
+from ivcprune.models.processor_loading import assemble_processor
 from .text import train_bytelevel_bpe
 
 # Order mirrors the real release (ids 151643...), here appended after the BPE vocabulary.

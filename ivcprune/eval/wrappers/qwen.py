@@ -60,7 +60,7 @@ class QwenVL:
         """The PIL image processor with the registry's pixel budget (torchvision is never required)."""
         import transformers as tf
 
-        from ivcprune.testing.compat import load_processor
+        from ivcprune.models.processor_loading import load_processor
 
         extra = {"revision": revision} if revision else {}
         image_processor = tf.AutoImageProcessor.from_pretrained(
