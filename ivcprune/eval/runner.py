@@ -386,8 +386,13 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
                 raise PairFailed("existing rows were produced with other settings (fingerprint mismatch) in: "
                                  + ", ".join(foreign) + ". Use a different --work-dir, delete them, or pass --reuse "
                                  "to accept them.")
-            if args.mode == "eval" and pending:
-                raise PairFailed(f"--mode eval: {len(pending)} rows have no prediction yet in {pair.path('.csv')}")
+            if args.mode == "eval":  # recorded errors are scored as misses; only absent rows block scoring
+                have = store.latest_records(existing_records(pair, ds.type == "VG"))
+                absent = [i for i in pending if str(i) not in have]
+                if absent:
+                    raise PairFailed(f"--mode eval: {len(absent)} rows have no prediction yet in "
+                                     f"{pair.path('.csv')}; run with --mode all or infer first")
+                pending = []
             verdict["pending"] = pending
         except (store.LockHeld, PairFailed, OSError) as err:
             verdict["error"] = _err_text(err)

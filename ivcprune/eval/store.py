@@ -189,6 +189,15 @@ def read_table(csv_path: Path) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------- locks
+def _zombie(pid: int) -> bool:
+    """A killed process nobody reaped yet (common in containers without an init) still answers kill(pid, 0)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 class LockHeld(RuntimeError):
     """Another live launch is writing the same (model, dataset) pair."""
 
@@ -239,7 +248,7 @@ class PairLock:
             return False
         except PermissionError:
             return True
-        return True
+        return not _zombie(pid)
 
     def release(self) -> None:
         if self.held:
