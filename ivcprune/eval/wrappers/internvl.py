@@ -1,0 +1,44 @@
+"""InternVL 2.5 / 3 chat wrapper (native ``-hf`` checkpoints).
+
+Prompt (HARNESS §8): the checkpoint's internvl2_5 chat template with ``<image>\\n`` + text, images first.
+Tiles: the registry's ``max_tiles`` (default 6) plus a thumbnail, cut by the PIL GotOcr2 processor. The
+original image sizes go to ``generate`` as ``image_sizes`` so the pruning adapter can recover each image's
+tiling with the processor's own canvas routine (see ``ivcprune.models.internvl``).
+"""
+
+from __future__ import annotations
+
+from ivcprune.eval.wrappers.llava import NativeVLWrapper, split_parts
+from ivcprune.models.internvl import image_sizes
+
+
+class InternVLWrapper(NativeVLWrapper):
+    """The harness Model for the ``internvl`` family."""
+
+    model_class = "InternVLForConditionalGeneration"
+    default_max_new_tokens = 4096
+
+    def image_processor_overrides(self) -> dict:
+        return {"crop_to_patches": True, "min_patches": 1, "max_patches": int(self.entry.get("max_tiles") or 6)}
+
+    def build_inputs(self, parts):
+        content, images = [], []
+        for kind, value in split_parts(parts):
+            if kind == "image":
+                images.append(value.convert("RGB"))
+                content.append({"type": "image"})
+            else:
+                content.append({"type": "text", "text": value})
+        messages = [{"role": "user", "content": content}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        kwargs = {"text": [text], "return_tensors": "pt"}
+        if images:
+            kwargs["images"] = images
+        inputs = self.processor(**kwargs)
+        if images:
+            inputs["image_sizes"] = image_sizes(images)
+        return inputs.to(self.device)
+
+
+def load(entry, device: str = "cpu") -> InternVLWrapper:
+    return InternVLWrapper(entry, device)
