@@ -263,7 +263,7 @@ def _print_models(extra: list[str] | None) -> None:
     for name in sorted(reg, key=str.lower):
         s = reg[name]
         p = s.get("pruning")
-        prune = "baseline" if not p else f"K={p.get('layer')} r={p.get('retention')}"
+        prune = "baseline" if not p else f"K={p.get('layer') or 'default'} r={p.get('retention') or 'default'}"
         ok, _ = family_status(s["family"], s.get("loader"))
         rows.append((name, s["family"], prune, s.get("checkpoint", ""), s.get("path_env") or "-",
                      "" if ok else "not supported yet"))
