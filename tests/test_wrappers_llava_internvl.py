@@ -100,3 +100,9 @@ def test_internvl_registry_max_tiles_reaches_processor_and_adapter():
     m.generate([("image", make_image(400, 150, seed=3)), ("text", "What is it?")], None)
     st = m.last_stats
     assert st["image_tokens"] == 3 * 16 and st["kept_tokens"] == 24  # 2x1 + thumbnail (3x1 with 6 tiles)
+
+
+def test_input_size_is_the_frame_the_tower_sees(llava, internvl):
+    assert llava.input_size(200, 150) == (84, 84)  # tiny crop 6 x 14 px
+    assert internvl.input_size(200, 150) == (3 * 112, 2 * 112)
+    assert internvl.input_size(112, 112) == (112, 112)

@@ -21,6 +21,14 @@ class InternVLWrapper(NativeVLWrapper):
     def image_processor_overrides(self) -> dict:
         return {"crop_to_patches": True, "min_patches": 1, "max_patches": int(self.entry.get("max_tiles") or 6)}
 
+    def input_size(self, w: int, h: int) -> tuple[int, int]:
+        """(w', h') of the tiled canvas (the thumbnail aside), from the processor's canvas routine."""
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+        ip = self.processor.image_processor
+        gw, gh = get_optimal_tiled_canvas((h, w), (ip.size["height"], ip.size["width"]), 1, ip.max_patches)
+        return gw * ip.size["width"], gh * ip.size["height"]
+
     def build_inputs(self, parts):
         content, images = [], []
         for kind, value in split_parts(parts):

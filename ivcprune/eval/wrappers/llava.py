@@ -59,9 +59,6 @@ class NativeVLWrapper(QwenVL):
     def image_processor_overrides(self) -> dict:
         return {}
 
-    def input_size(self, w: int, h: int):
-        return None  # boxes are normalised: the frame check of HARNESS §5 is Qwen2.5-VL only
-
     def _decode_raw(self, new) -> str:
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
@@ -93,6 +90,11 @@ class LlavaWrapper(NativeVLWrapper):
 
     model_class = "LlavaForConditionalGeneration"
     default_max_new_tokens = 2048
+
+    def input_size(self, w: int, h: int) -> tuple[int, int]:
+        """(w', h') the vision tower sees: the padded square resized and cropped to the crop size."""
+        crop = self.processor.image_processor.crop_size
+        return int(crop["width"]), int(crop["height"])
 
     def prompt_text(self, parts) -> str:
         body = "".join(" <image> " if kind == "image" else value for kind, value in split_parts(parts))
