@@ -112,3 +112,68 @@ def thumb_budget(
         selected = prio[:target]  # prio is sorted: the `target` lowest span indices
     foreground = _union(fg + thumb0, up, fill)
     return selected, foreground[torch.isin(foreground, selected)]
+
+
+# --- GLOBAL-LOCAL (DeepSeek-VL2, ALGORITHM §2 F7 and §4.2) ------------------------------------------------------
+# Indices are relative to their own view: global cell (i, j) is i*(g+1) + j (j == g is the row's newline), local
+# cell (r, c) of the stitched tiles is r*W + c with W = g*n_w + 1 (c == g*n_w is the newline). The caller adds the
+# view offsets and the separator, so the same functions serve either view order.
+
+
+def local_rows(g: int, grid: tuple[int, int]) -> list[torch.Tensor]:
+    """The local view's rows (newline included) as IVC groups: g*n_h groups of W = g*n_w + 1 cells."""
+    n_w, n_h = grid
+    width = g * n_w + 1
+    return [torch.arange(r * width, (r + 1) * width) for r in range(g * n_h)]
+
+
+def global_to_local(cells: torch.Tensor, g: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Global cell (i, j) -> local rows [i*n_h, (i+1)*n_h) x columns [j*n_w, (j+1)*n_w) (sorted, unique).
+
+    The map ignores that the two views are letterboxed differently (kept for parity, ALGORITHM §4.3).
+    """
+    n_w, n_h = grid
+    cells = _union(cells)
+    if cells.numel() == 0:
+        return cells
+    i, j = cells // (g + 1), cells % (g + 1)
+    if bool((j >= g).any()):
+        raise ValueError("global newline cells have no local counterpart")
+    dy, dx = torch.meshgrid(torch.arange(n_h), torch.arange(n_w), indexing="ij")
+    rows = i[:, None] * n_h + dy.reshape(1, -1)
+    cols = j[:, None] * n_w + dx.reshape(1, -1)
+    return (rows * (g * n_w + 1) + cols).reshape(-1).unique()
+
+
+def global_local(
+    ivc_global: torch.Tensor,
+    ivc_rows: torch.Tensor,
+    seeds: torch.Tensor,
+    scores: torch.Tensor,
+    valid: torch.Tensor,
+    g: int,
+    grid: tuple[int, int],
+    retention: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GLOBAL-LOCAL (DeepSeek-VL2): foreground picked on the global view and mapped onto the local tiles.
+
+    ivc_global, seeds, valid: global-view indices (valid = cells neither newline nor letterbox padding);
+    scores: F over the g*(g+1) global positions; ivc_rows: local-view indices (the per-row IVC sets).
+    fg = the first max(1, round(retention * g(g+1)) - |IVC_g|) valid cells in F order outside IVC_g.
+    Returns (global selection, local selection, fg): IVC_g u fg u seeds u newlines, and
+    IVC_rows u map(fg u seeds) u newlines. There is no overall budget; the separator is the caller's.
+    """
+    n_w, n_h = grid
+    n_global = g * (g + 1)
+    if scores.numel() != n_global:
+        raise ValueError(f"GLOBAL-LOCAL needs {n_global} global scores, got {scores.numel()}")
+    ivc_global, valid = _union(ivc_global), _union(valid)
+    order = rank(scores.cpu())
+    allowed = torch.isin(order, valid) & ~torch.isin(order, ivc_global)
+    fg = order[allowed][:max(1, count(n_global, retention) - ivc_global.numel())].sort().values
+    width = g * n_w + 1
+    global_newlines = torch.arange(g) * (g + 1) + g
+    local_newlines = torch.arange(g * n_h) * width + width - 1
+    global_sel = _union(ivc_global, fg, seeds, global_newlines)
+    local_sel = _union(ivc_rows, global_to_local(_union(fg, seeds), g, grid), local_newlines)
+    return global_sel, local_sel, fg
