@@ -8,9 +8,14 @@
 """
 
 from ivcprune.core.selection import ImageRecord, Selection
-from ivcprune.methods import IVCPrune, PruningMethod
+from ivcprune.methods import IVCPrune, PruningMethod, make_method
+from ivcprune.methods.fastv import FastV
+from ivcprune.methods.grid import UniformGrid
+from ivcprune.methods.random import RandomPrune
+from ivcprune.methods.with_ivc import WithIVC
 from ivcprune.runtime.session import Trace, prune
 
 __version__ = "0.1.0"
 
-__all__ = ["IVCPrune", "PruningMethod", "prune", "Trace", "Selection", "ImageRecord", "__version__"]
+__all__ = ["IVCPrune", "PruningMethod", "prune", "Trace", "Selection", "ImageRecord", "__version__",
+           "FastV", "RandomPrune", "UniformGrid", "WithIVC", "make_method"]

@@ -1,0 +1,50 @@
+"""Shared shape of the baselines (ALGORITHM §9): same K, per-image budget k_i = round(rho L_i), only the ranking differs.
+
+A baseline exposes ``fill(ctx, image, exclude, n)`` (its n best tokens outside ``exclude``) so that ``WithIVC`` can
+put the IVC tokens first and let the baseline fill the rest of the same budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ivcprune.core.ranking import count
+from ivcprune.core.selection import ImageRecord
+from ivcprune.methods.base import PruningMethod, SampleContext, check_retention
+
+
+@dataclass
+class BudgetedMethod(PruningMethod):
+    """A ranking of image tokens cut at k_i = round(rho L_i); rho None means the family default."""
+
+    retention: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_retention(self.retention)
+
+    def is_identity(self) -> bool:
+        return self.retention is not None and float(self.retention) >= 1.0
+
+    def budget(self, ctx: SampleContext, image: ImageRecord) -> int:
+        rho = ctx.settings.retention if self.retention is None else self.retention
+        return count(image.length, rho)
+
+    def ranking(self, ctx: SampleContext, image: ImageRecord) -> torch.Tensor:
+        """Span-relative indices of every image token, best first."""
+        raise NotImplementedError
+
+    def fill(self, ctx: SampleContext, image: ImageRecord, exclude: torch.Tensor, n: int) -> torch.Tensor:
+        """The first n tokens of the ranking that are not in ``exclude`` (span-relative)."""
+        if n <= 0:
+            return torch.empty(0, dtype=torch.long)
+        order = self.ranking(ctx, image).cpu()
+        taken = torch.zeros(image.length, dtype=torch.bool)
+        taken[exclude.long().cpu()] = True
+        return order[~taken[order]][:n]
+
+    def select_image(self, ctx: SampleContext, image: ImageRecord) -> None:
+        chosen = self.fill(ctx, image, torch.empty(0, dtype=torch.long), self.budget(ctx, image))
+        image.kept = sorted((chosen + image.start).tolist())

@@ -1,0 +1,35 @@
+"""Random baseline: k_i image tokens drawn uniformly without replacement (ALGORITHM §9).
+
+The generator is a CPU ``torch.Generator`` seeded from (seed, sample index, image index), so the draw does not
+depend on the device, the backend or the other images of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ivcprune.core.selection import ImageRecord
+from ivcprune.methods.base import SampleContext
+from ivcprune.methods.baseline import BudgetedMethod
+
+_MIX = 1_000_003
+
+
+def draw_seed(seed: int, sample: int, image: int) -> int:
+    """One 63-bit seed per (seed, sample, image)."""
+    return ((int(seed) * _MIX + int(sample)) * _MIX + int(image)) % (2**63 - 1)
+
+
+@dataclass
+class RandomPrune(BudgetedMethod):
+    seed: int = 0
+
+    name: ClassVar[str] = "random"
+
+    def ranking(self, ctx: SampleContext, image: ImageRecord) -> torch.Tensor:
+        index = next(i for i, im in enumerate(ctx.images) if im is image)
+        gen = torch.Generator(device="cpu").manual_seed(draw_seed(self.seed, ctx.index, index))
+        return torch.randperm(image.length, generator=gen)
