@@ -20,13 +20,15 @@ import torch
 
 from ivcprune.tools import benchkit as kit
 
-QUICK_DEFAULTS = dict(synthetic="quick", methods="ivcp", retention="0.5", repeats=9, warmup=1, decode_tokens=0)
+QUICK_DEFAULTS = dict(synthetic="quick", methods="ivcp", retention="0.5", repeats=9, warmup=1, decode_tokens=0,
+                      memory=False)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ivcp bench", description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--synthetic", choices=sorted(kit.SHAPES), help="random model with a real shape, built in memory")
+    src.add_argument("--synthetic", help=f"random model(s) with a real shape, built in memory; comma list of "
+                                          f"{', '.join(sorted(kit.SHAPES))}")
     src.add_argument("--model", help="registry model name (loads its checkpoint)")
     src.add_argument("--checkpoint", help="local checkpoint folder (Qwen2/2.5-VL or LLaVA layout)")
     p.add_argument("--quick", action="store_true", help="prefill only, mid-size random Qwen2.5-VL (8 layers, hidden 512, "
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                         "default 1.0 on CUDA, 0.25 on CPU for the 7B shapes")
     p.add_argument("--image-tokens", type=int, help="image tokens of the synthetic prompt (Qwen: a square grid)")
     p.add_argument("--layer", type=int, help="K (default: the shape's K scaled to the depth)")
-    p.add_argument("--methods", default="ivcp", help="comma list: ivcp, fastv, fastv+ivc, random, random+ivc, grid, grid+ivc")
+    p.add_argument("--methods", default="ivcp,fastv,random,grid", help="comma list: ivcp, fastv, fastv+ivc, random, random+ivc, grid, grid+ivc")
     p.add_argument("--retention", default="0.5", help="comma list of retentions")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats per setting (>= 5 for reports)")
     p.add_argument("--warmup", type=int, default=1)
@@ -50,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                         "threads and make small ops 100x slower; pass N on a dedicated machine)")
     p.add_argument("--out", default=None, help="output folder for bench.json, bench.md and bench.png")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the memory pass (one run per setting after the timing runs)")
     return p
 
 
@@ -59,13 +63,22 @@ class Setting:
     method: object  # PruningMethod or None (unpruned)
     retention: float
     runs: list[dict] = field(default_factory=list)
+    memory: dict = field(default_factory=dict)  # the one memory-pass run
 
 
 def run_bench(args) -> dict:
     """Build the model and inputs, measure every setting interleaved, and return the report dict."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    threads = torch.get_num_threads()
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
+    try:
+        return _measure(args, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(args, device) -> dict:
     dtype = kit.parse_dtype(args.dtype, device)
     bundle = kit.load_bundle(args, device, dtype)
     settings = _settings(args, bundle)
@@ -77,6 +90,10 @@ def run_bench(args) -> dict:
             shift = rep % len(settings)
             for s in settings[shift:] + settings[:shift]:
                 s.runs.append(kit.measure_once(bundle, s.method, decode_tokens=args.decode_tokens))
+        if args.memory:
+            kit.isolate_cpu_allocations(device)
+            for s in settings:
+                s.memory = kit.measure_once(bundle, s.method, decode_tokens=args.decode_tokens, memory=True)
     return _report(args, bundle, settings, device, dtype)
 
 
@@ -136,8 +153,8 @@ def _report(args, bundle, settings: list[Setting], device, dtype) -> dict:
             "decode_speedup": _median([b["decode_ms_per_token"] / r["decode_ms_per_token"]
                                        for b, r in zip(base.runs, runs)
                                        if b["decode_ms_per_token"] and r["decode_ms_per_token"]]),
-            "peak_prefill_mib": _median([r["peak_prefill_mib"] for r in runs]),
-            "peak_decode_mib": _median([r["peak_decode_mib"] for r in runs]),
+            "peak_prefill_mib": s.memory.get("peak_prefill_mib"),
+            "peak_decode_mib": s.memory.get("peak_decode_mib"),
             "kv_bytes": kv_measured,
             "kv_bytes_record": sel["kv_bytes_kept"][0] if sel else None,
             "kv_bytes_analytic": kv_analytic,
@@ -257,11 +274,19 @@ def cli_main(argv: list[str] | None = None) -> int:
         parser.error("choose a model: --synthetic SHAPE, --model NAME, --checkpoint DIR, or --quick")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    shapes = [x.strip() for x in args.synthetic.split(",")] if args.synthetic else [None]
+    unknown = [x for x in shapes if x is not None and x not in kit.SHAPES]
+    if unknown:
+        parser.error(f"unknown --synthetic shape(s) {unknown}; choose from {sorted(kit.SHAPES)}")
     started = time.perf_counter()
-    report = run_bench(args)
-    print(format_quick(report) if args.quick else format_table(report))
+    reports = []
+    for shape in shapes:
+        args.synthetic = shape
+        report = run_bench(args)
+        reports.append(report)
+        print(format_quick(report) if args.quick else format_table(report), flush=True)
     if args.out:
-        paths = write_outputs([report], Path(args.out))
+        paths = write_outputs(reports, Path(args.out))
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
     print(f"bench time {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0

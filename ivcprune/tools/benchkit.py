@@ -7,6 +7,7 @@ no processor or tokenizer, and the same code drives a real checkpoint.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import sys
 import time
@@ -287,6 +288,18 @@ def cache_bytes(cache) -> int:
 
 
 # --------------------------------------------------------------------------------------------- memory
+def isolate_cpu_allocations(device: torch.device) -> None:
+    """Before the memory pass on Linux CPU: large allocations use mmap, so freed memory leaves the RSS at once.
+
+    Without it glibc reuses freed heap memory and RSS peaks say little; it is set only after the timing runs
+    because page-faulting fresh mmaps slows every forward.
+    """
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD, fixed (no dynamic growth)
+
+
 def _status_kib(key: str) -> int | None:
     try:
         with open("/proc/self/status") as fh:
@@ -363,15 +376,18 @@ class CallTimer:
             h.remove()
 
 
-def measure_once(bundle: Bundle, method, decode_tokens: int = 0) -> dict:
-    """One request: prefill (and T decode steps when decode_tokens > 0) with timers, memory and KV bytes."""
+def measure_once(bundle: Bundle, method, decode_tokens: int = 0, memory: bool = False) -> dict:
+    """One request: prefill (and T decode steps when decode_tokens > 0) with timers and KV bytes.
+
+    ``memory=True`` also reads peak memory (prefill, then decode, reset in between); timing runs leave it off.
+    """
     model, device = bundle.model, bundle.device
-    probe = MemoryProbe(device)
+    probe = MemoryProbe(device) if memory else None
     seen = {"kv": None, "peak_prefill": None}
 
     def after_top(call, output):
         if call == 0:
-            seen["peak_prefill"] = probe.peak_mib(reset=True)
+            seen["peak_prefill"] = probe.peak_mib(reset=True) if probe else None
             cache = getattr(output, "past_key_values", None)
             seen["kv"] = cache_bytes(cache) if cache is not None else None
 
@@ -381,14 +397,15 @@ def measure_once(bundle: Bundle, method, decode_tokens: int = 0) -> dict:
     vision = CallTimer(vision_mod, device) if vision_mod is not None else None
     ctx = ivcprune.prune(model, method) if method is not None else contextlib.nullcontext()
     try:
-        probe.start()
+        if probe:
+            probe.start()
         with ctx as trace:
             if decode_tokens > 0:
                 model.generate(**bundle.inputs, max_new_tokens=decode_tokens, min_new_tokens=decode_tokens,
                                do_sample=False, pad_token_id=model.config.get_text_config().eos_token_id)
             else:
                 model(**bundle.inputs, use_cache=True, logits_to_keep=1)
-        peak_decode = probe.peak_mib() if decode_tokens > 0 else None
+        peak_decode = probe.peak_mib() if probe and decode_tokens > 0 else None
     finally:
         for t in (top, text, vision):
             if t is not None:
