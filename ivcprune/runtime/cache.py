@@ -48,3 +48,16 @@ def bytes_per_token(cache, num_layers: int) -> int:
 
 def cache_length(cache) -> int:
     return 0 if cache is None else int(cache.get_seq_length())
+
+
+def analytic_bytes_per_token(text_config, dtype) -> int:
+    """Bytes one prompt token occupies in a standard KV cache over all layers: N_L * 2 * H_kv * D * size.
+
+    Used where no live cache exists (use_cache=False, unpruned baselines); MLA and other layouts read the
+    live tensors through :func:`bytes_per_token` instead.
+    """
+    heads = getattr(text_config, "num_attention_heads", 1)
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    size = torch.empty((), dtype=dtype).element_size()
+    return int(text_config.num_hidden_layers * 2 * kv_heads * head_dim * size)

@@ -304,11 +304,7 @@ class PruneRuntime:
         )
 
     def _config_bytes_per_token(self) -> int:
-        cfg = self.adapter.text_config
-        heads = cfg.num_key_value_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        size = torch.empty((), dtype=self.adapter.text_model.dtype).element_size()
-        return 2 * heads * head_dim * size * self.adapter.num_layers
+        return kv.analytic_bytes_per_token(self.adapter.text_config, self.adapter.text_model.dtype)
 
 
 def _gather_seq(tensor: torch.Tensor, index: torch.Tensor, batch: int | None = None) -> torch.Tensor:

@@ -7,19 +7,16 @@ ground truth, writing `_result` / `_score` files) lives here once.
 
 from __future__ import annotations
 
-import json
-import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .. import store
 from ..tsv import BadImage, DataError, TSVData, convert_index, load_image  # noqa: F401  (re-exported)
 
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "internvl", "deepseek_vl2", "llava")
-XLSX_CELL_LIMIT = 32767
 
 
 def cell(row, col: str) -> str:
@@ -74,51 +71,16 @@ def output_paths(pred_file: Path) -> dict[str, Path]:
     }
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_table(df: pd.DataFrame, csv_path: Path, xlsx: bool = True) -> list[Path]:
-    """CSV (authoritative) plus an .xlsx twin when openpyxl is importable; both via rename."""
+    """CSV (authoritative) plus an .xlsx twin; the one shared writer of ``ivcprune.eval.store``."""
     csv_path = Path(csv_path)
-    _atomic(csv_path, lambda p: df.to_csv(p, index=False, encoding="utf-8"))
-    written = [csv_path]
-    if not xlsx:
-        return written
-    try:
-        import openpyxl  # noqa: F401
-    except ImportError:
-        warnings.warn("openpyxl is not installed; writing CSV only", stacklevel=2)
-        return written
-    out = df.copy()
-    for col in out.columns:
-        if out[col].dtype == object:
-            long = out[col].map(lambda v: isinstance(v, str) and len(v) > XLSX_CELL_LIMIT)
-            if long.any():
-                warnings.warn(f"{csv_path.name}: {int(long.sum())} cells of '{col}' truncated in the xlsx", stacklevel=2)
-                out[col] = out[col].map(lambda v: v[:XLSX_CELL_LIMIT] if isinstance(v, str) else v)
+    store.write_table(df, csv_path, xlsx=xlsx)
     xlsx_path = csv_path.with_suffix(".xlsx")
-    _atomic(xlsx_path, lambda p: out.to_excel(p, index=False, engine="openpyxl"))
-    return written + [xlsx_path]
+    return [csv_path] + ([xlsx_path] if xlsx and xlsx_path.is_file() else [])
 
 
 def write_json(obj: dict, path: Path) -> None:
-    _atomic(Path(path), lambda p: p.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n",
-                                               encoding="utf-8"))
-
-
-def _json_default(v):
-    if hasattr(v, "item"):
-        return v.item()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+    store.atomic_write_json(Path(path), obj)
 
 
 def read_predictions(pred_file: Path) -> pd.DataFrame:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from ivcprune.runtime.cache import analytic_bytes_per_token as kv_bytes_per_token  # noqa: F401  (one accounting rule)
+
 _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "half": "float16",
            "fp32": "float32", "float32": "float32", "float": "float32"}
 
@@ -42,17 +44,6 @@ def resolve_attn(name, device: str) -> str:
 
 def count_image_tokens(input_ids, image_token_id: int) -> int:
     return int((input_ids == image_token_id).sum().item())
-
-
-def kv_bytes_per_token(text_config, dtype) -> int:
-    """Bytes one prompt token occupies in the KV cache over all layers (baseline accounting)."""
-    import torch
-
-    heads = getattr(text_config, "num_attention_heads", 1)
-    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
-    layers = text_config.num_hidden_layers
-    return int(layers * 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size())
 
 
 class GenTimer:

@@ -7,16 +7,12 @@ per-row statistics of HARNESS §1 from the selection record, so nothing recomput
 from __future__ import annotations
 
 import contextlib
-import re
 
 from ivcprune.eval.wrappers.common import GenTimer, count_image_tokens, kv_bytes_per_token, resolve_attn, \
     resolve_dtype
 
 QWEN25 = "qwen2_5_vl"
 FACTOR = 28  # patch 14 x spatial merge 2
-# C0 control characters other than tab / newline / CR: trained models never emit them, random-weight ones do,
-# and spreadsheet formats cannot hold them
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 class QwenVL:
@@ -115,9 +111,6 @@ class QwenVL:
         return self._decode(new)
 
     def _decode(self, new) -> str:
-        return CONTROL_CHARS.sub("", self._decode_raw(new))
-
-    def _decode_raw(self, new) -> str:
         if self.family == QWEN25:
             return self.tokenizer.decode(new, skip_special_tokens=True)
         # Qwen2-VL boxes live between special tokens: keep them, drop only end-of-turn / padding ids
