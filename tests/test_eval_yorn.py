@@ -154,3 +154,16 @@ def test_textvqa_and_ocrbench_files(tmp_path):
     ds, pred = _setup(tmp_path, "OCRBench", ["question", "answer", "category"], rows, ["HELLO there", "no"])
     m = ds.evaluate(pred, None).metrics
     assert (m["Text Recognition"], m["Final Score"], m["Final Score Norm"]) == (1, 1, 0.1)
+
+
+def test_inference_errors_are_misses_listed_in_the_score_file(tmp_path):
+    rows = [(1, "q", "Yes", "a"), (2, "q", "No", "a"), (3, "q", "Yes", "a")]
+    ds, pred = _setup(tmp_path, "POPE", ["question", "answer", "category"], rows, ["yes", "no", ""])
+    df = pd.read_csv(pred)
+    df["ivcp_error"] = ["", "", "bad image: invalid base64"]
+    df.to_csv(pred, index=False)
+    rep = ds.evaluate(pred, None)
+    payload = json.loads(rep.files["score_json"].read_text())
+    assert payload["n_infer_errors"] == 1
+    assert payload["errors"] == [{"index": 3, "error": "bad image: invalid base64"}]
+    assert rep.metrics["acc"] == pytest.approx(200 / 3)

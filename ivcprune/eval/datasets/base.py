@@ -178,6 +178,8 @@ class Dataset:
         merged = self.merged_predictions(Path(pred_file))
         if len(merged) == 0:
             raise DataError(f"{self.name}: no rows")
+        errors = error_list(merged)  # rows whose inference failed (bad image, OOM): misses, listed in every score file
+        meta = {"errors": errors, "n_infer_errors": len(errors), **meta}
         return self._score(merged, judge, Path(pred_file), meta)
 
     def _score(self, merged: pd.DataFrame, judge, pred_file: Path, meta: dict) -> ScoreReport:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..tsv import parse_numbers
-from .base import Dataset, ScoreReport, cell, check_family, error_list, row_error
+from .base import Dataset, ScoreReport, cell, check_family, row_error
 
 QWEN25_SUFFIX = "_for_qwen25vl"
 PATCH = 28
@@ -194,5 +194,5 @@ class GroundingDataset(Dataset):
                    "mean_iou": float(result["iou"].mean()), "parse_failures": int(parse_failures),
                    "infer_errors": int(infer_errors), "frame_mismatches": int(mismatches or 0)}
         table = pd.DataFrame([{k: metrics[k] for k in ("accuracy", "TP", "number", "acc@0.75", "mean_iou")}])
-        meta = {**meta, "family": family, "errors": error_list(merged)}
+        meta = {**meta, "family": family}
         return self._finish(metrics, result, table, pred_file, meta)
