@@ -106,3 +106,14 @@ def test_input_size_is_the_frame_the_tower_sees(llava, internvl):
     assert llava.input_size(200, 150) == (84, 84)  # tiny crop 6 x 14 px
     assert internvl.input_size(200, 150) == (3 * 112, 2 * 112)
     assert internvl.input_size(112, 112) == (112, 112)
+
+
+def test_decode_drops_special_tokens(llava, internvl):
+    import torch
+
+    eos = llava.tokenizer.convert_tokens_to_ids("</s>")
+    ids = llava.tokenizer.encode("the cat", add_special_tokens=False) + [eos]
+    assert llava._decode(torch.tensor(ids)) == "the cat"
+    end = internvl.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = internvl.tokenizer.encode("[[1, 2, 3, 4]]", add_special_tokens=False) + [end]
+    assert internvl._decode(torch.tensor(ids)) == "[[1, 2, 3, 4]]"

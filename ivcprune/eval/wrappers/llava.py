@@ -59,7 +59,8 @@ class NativeVLWrapper(QwenVL):
     def image_processor_overrides(self) -> dict:
         return {}
 
-    def _decode_raw(self, new) -> str:
+    def _decode(self, new) -> str:
+        """The new tokens without special tokens, stripped (as the official LLaVA / InternVL wrappers do)."""
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
