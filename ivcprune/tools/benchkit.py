@@ -245,7 +245,10 @@ def load_bundle(args, device: torch.device, dtype: torch.dtype) -> Bundle:
         n_layers = len(text_model(model).layers)
         layer = args.layer or ivcprune.models.get_adapter(model).default_layer()
         info = f"checkpoint {path}, {n_layers} layers"
-        image_tokens = args.image_tokens or (getattr(model.config, "image_seq_length", None) or 1024)
+        image_tokens = args.image_tokens or 1024
+        if family_of(model) == "llava":  # fixed by the vision tower: one token per patch (CLS dropped)
+            vc = model.config.vision_config
+            image_tokens = (vc.image_size // vc.patch_size) ** 2
     model = model.to(device)
     inputs = {k: v.to(device) for k, v in build_inputs(model, image_tokens, args.seed).items()}
     if "pixel_values" in inputs:
