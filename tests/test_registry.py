@@ -66,9 +66,17 @@ def test_unknown_name_lists_nearest():
     assert "Qwen2.5-VL-7B-Instruct_IVCP" in str(err.value) and "ivcp list models" in str(err.value)
 
 
-def test_family_without_wrapper_is_not_supported_yet():
-    entry = reg.resolve("deepseek_vl2_small_ivcp")
-    with pytest.raises(NotSupportedYet, match="not supported yet"):
+def _unwrapped_family(tmp_path) -> str:
+    """A registry file for a family with no wrapper (every built-in family has one)."""
+    f = tmp_path / "future.yaml"
+    f.write_text("family: future_vl\nmodels:\n  future_vl_ivcp:\n    checkpoint: /nowhere\n"
+                 "    pruning: {method: ivcp, layer: 4, retention: 0.5}\n")
+    return str(f)
+
+
+def test_family_without_wrapper_is_not_supported_yet(tmp_path):
+    entry = reg.resolve("future_vl_ivcp", extra_configs=[_unwrapped_family(tmp_path)])
+    with pytest.raises(NotSupportedYet, match="not supported"):
         load_model(entry)
 
 
@@ -95,8 +103,8 @@ def test_make_method_from_registry_block():
         reg.make_method({"method": "nope"})
 
 
-def test_list_cli(capsys):
-    assert reg.cli_main(["models"]) == 0
+def test_list_cli(capsys, tmp_path):
+    assert reg.cli_main(["models", "--model-config", _unwrapped_family(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "Qwen2.5-VL-7B-Instruct_Grounding_IVCP" in out and "not supported yet" in out
     assert reg.cli_main(["datasets"]) == 0
