@@ -92,6 +92,7 @@ def _measure(args, device) -> dict:
                 s.runs.append(kit.measure_once(bundle, s.method, decode_tokens=args.decode_tokens))
         if args.memory:
             kit.isolate_cpu_allocations(device)
+            kit.measure_once(bundle, None, decode_tokens=args.decode_tokens)  # settle the allocator first
             for s in settings:
                 s.memory = kit.measure_once(bundle, s.method, decode_tokens=args.decode_tokens, memory=True)
     return _report(args, bundle, settings, device, dtype)
