@@ -166,6 +166,8 @@ def test_identity_at_retention_one(setup):
     same = run(model, batch, prune_with=method(1.0))
     assert torch.equal(ref.seq, same.seq) and all(torch.equal(a, b) for a, b in zip(ref.logits, same.logits))
     assert same.trace.last.pruned is False
+    live = sum(t.shape[1] * t.shape[3] * 4 for l in ref.cache.layers for t in tensors(l).values())
+    assert same.trace.last.kv_bytes_per_token == live  # pass-through accounting follows the MLA / MHA layout
     with torch.no_grad():
         plain = model(**batch).logits
         with ivcprune.prune(model, method(1.0)):

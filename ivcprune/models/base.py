@@ -87,6 +87,15 @@ class FamilyAdapter:
         freq = getattr(rotary, "original_inv_freq", None)
         return (freq if freq is not None else rotary.inv_freq).detach().float().cpu()
 
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes of one prompt token over all layers when no live cache is at hand (standard layout).
+
+        Families whose cache is not keys + values per KV head (e.g. MLA latents) override this.
+        """
+        from ivcprune.runtime.cache import analytic_bytes_per_token
+
+        return analytic_bytes_per_token(self.text_config, self.text_model.dtype)
+
     def default_layer(self) -> int:
         n = self.num_layers
         for layers, k in self.settings.default_layers:

@@ -304,7 +304,7 @@ class PruneRuntime:
         )
 
     def _config_bytes_per_token(self) -> int:
-        return kv.analytic_bytes_per_token(self.adapter.text_config, self.adapter.text_model.dtype)
+        return self.adapter.kv_bytes_per_token()
 
 
 def _gather_seq(tensor: torch.Tensor, index: torch.Tensor, batch: int | None = None) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ivcprune.eval.wrappers.common import GenTimer, kv_bytes_per_token, resolve_dtype
+from ivcprune.eval.wrappers.common import GenTimer, resolve_dtype
 from ivcprune.eval.wrappers.qwen import QwenVL
 
 
@@ -23,21 +23,12 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def cache_bytes_per_token(text_config, dtype) -> int:
-    """Unpruned KV bytes per prompt token over all layers: MLA caches the latent plus the shared rotated k_pe."""
-    import torch
-
-    if getattr(text_config, "kv_lora_rank", None):
-        width = text_config.kv_lora_rank + text_config.qk_rope_head_dim
-        return int(text_config.num_hidden_layers * width * torch.empty((), dtype=dtype).element_size())
-    return kv_bytes_per_token(text_config, dtype)
-
-
 class DeepseekVL2Wrapper(QwenVL):
     """The harness Model for the ``deepseek_vl2`` family (reuses the Qwen wrapper's stats and decoding)."""
 
     def __init__(self, entry, device: str = "cpu"):  # noqa: D107 - replaces QwenVL's Qwen-specific set-up
         from ivcprune.eval.registry import make_method
+        from ivcprune.models import get_adapter
         from ivcprune.models.deepseek_vl2 import DeepseekVL2ForCausalLM, DeepseekVL2Processor
 
         self.entry, self.family = entry, entry.family
@@ -55,7 +46,7 @@ class DeepseekVL2Wrapper(QwenVL):
         self.tokenizer = self.processor.tokenizer
         self.image_token_id = int(self.processor.image_token_id)
         self.method = make_method(entry.pruning)
-        self.kv_per_token = cache_bytes_per_token(self.model.config, dtype)
+        self.kv_per_token = get_adapter(self.model).kv_bytes_per_token()  # MLA: latent + k_pe
         self.last_stats: dict = {}
         self.meta = {"device": str(self.device), "dtype": str(dtype).replace("torch.", ""), "attn": attn,
                      "image_processor": type(self.processor).__name__}

@@ -99,6 +99,14 @@ class DeepseekVL2Adapter(FamilyAdapter):
         out = output.reshape(output.shape[0], output.shape[-2], cfg.num_attention_heads, nope + cfg.v_head_dim)
         return out[..., nope:]
 
+    def kv_bytes_per_token(self) -> int:
+        """MLA caches the normalised latent plus the shared rotated k_pe: N_L * (kv_lora_rank + d_r) elements."""
+        if not self.is_mla:
+            return super().kv_bytes_per_token()
+        cfg = self.text_config
+        size = torch.empty((), dtype=self.text_model.dtype).element_size()
+        return self.num_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * size
+
     # --- structure ---------------------------------------------------------------------------------------------
     def image_structure(self, kwargs: dict) -> object:
         """Per-sample ``ImageSpan`` lists from the processor outputs (None: no image inputs in this call)."""
