@@ -328,3 +328,30 @@ def test_kept_sets_equal_across_backends_and_threads(load):
     finally:
         torch.set_num_threads(old)
     assert all(k == kept[0] for k in kept)
+
+
+def test_multi_image_and_unknown_image_size(load):
+    """Each image selected on its own (its own layout, queries after it); no image_sizes -> every cell valid."""
+    model, proc = load("small", "eager")
+    batch = proc(prompts="<image>\n<image>\nWhich one is red?", images=[image(768, 384, seed=6), image(384, 384, seed=7)])
+    with torch.no_grad(), ivcprune.prune(model, method()) as trace:
+        model(**batch)
+    first, second = trace.last.images[0]
+    assert (first.grid, second.grid) == ((2, 1), (1, 1)) and first.end < second.start
+    for im in (first, second):
+        assert im.start <= min(im.kept) and max(im.kept) < im.end
+        assert set(im.layout.newline_positions()) <= set(im.kept) and im.layout.separator in im.kept
+    assert len(first.seeds) == 1 and len(second.seeds) == 2  # round(0.01 * 112) vs round(0.01 * 196)
+    del batch["image_sizes"]
+    with torch.no_grad(), ivcprune.prune(model, method()) as trace:
+        model(**batch)
+    assert len(trace.last.images[0][0].seeds) == 2  # size unknown: all 196 cells are candidates
+
+
+def test_import_ivcprune_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, ivcprune, ivcprune.models; "
+            "assert 'ivcprune.models.deepseek_vl2' not in sys.modules and 'PIL' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
