@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-from ivcprune.runtime.cache import analytic_bytes_per_token as kv_bytes_per_token  # noqa: F401  (one accounting rule)
-
 _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "half": "float16",
            "fp32": "float32", "float32": "float32", "float": "float32"}
 
@@ -40,10 +38,6 @@ def resolve_attn(name, device: str) -> str:
         except ImportError:
             pass
     return "sdpa"
-
-
-def count_image_tokens(input_ids, image_token_id: int) -> int:
-    return int((input_ids == image_token_id).sum().item())
 
 
 class GenTimer:

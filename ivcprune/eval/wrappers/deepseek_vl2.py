@@ -8,10 +8,7 @@ adapter as ``image_sizes`` (letterbox-free global cells). Answers keep the groun
 
 from __future__ import annotations
 
-import contextlib
-
-from ivcprune.eval.wrappers.common import GenTimer, resolve_dtype
-from ivcprune.eval.wrappers.qwen import QwenVL
+from ivcprune.eval.wrappers.base import VLWrapper
 
 
 def resolve_device(device: str) -> str:
@@ -23,33 +20,28 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class DeepseekVL2Wrapper(QwenVL):
-    """The harness Model for the ``deepseek_vl2`` family (reuses the Qwen wrapper's stats and decoding)."""
+class DeepseekVL2Wrapper(VLWrapper):
+    """The harness Model for the ``deepseek_vl2`` family (the project's own model class and generate loop)."""
 
-    def __init__(self, entry, device: str = "cpu"):  # noqa: D107 - replaces QwenVL's Qwen-specific set-up
-        from ivcprune.eval.registry import make_method
-        from ivcprune.models import get_adapter
-        from ivcprune.models.deepseek_vl2 import DeepseekVL2ForCausalLM, DeepseekVL2Processor
+    default_max_new_tokens = 2048
 
-        self.entry, self.family = entry, entry.family
-        generation = dict(entry.get("generation") or {})
-        self.max_new_tokens = int(generation.get("max_new_tokens", 2048))
-        path, revision = entry.checkpoint, entry.get("revision")
-        device = resolve_device(device)
-        dtype = resolve_dtype(entry.get("dtype", "auto"), device)
-        attn = str(entry.get("attn") or "auto")
-        attn = "sdpa" if attn == "auto" else attn  # pinned: the MLA head dims (192 q/k, 128 v) suit sdpa/eager
-        self.model = DeepseekVL2ForCausalLM.from_pretrained(path, torch_dtype=dtype, attn_implementation=attn,
-                                                            device=device, revision=revision)
-        self.device = self.model.device
-        self.processor = DeepseekVL2Processor.from_pretrained(path, revision=revision)
-        self.tokenizer = self.processor.tokenizer
-        self.image_token_id = int(self.processor.image_token_id)
-        self.method = make_method(entry.pruning)
-        self.kv_per_token = get_adapter(self.model).kv_bytes_per_token()  # MLA: latent + k_pe
-        self.last_stats: dict = {}
-        self.meta = {"device": str(self.device), "dtype": str(dtype).replace("torch.", ""), "attn": attn,
-                     "image_processor": type(self.processor).__name__}
+    def resolve_device(self, device: str) -> str:
+        return resolve_device(device)
+
+    def resolve_attn(self, name, device: str) -> str:
+        name = str(name or "auto")
+        return "sdpa" if name == "auto" else name  # pinned: the MLA head dims (192 q/k, 128 v) suit sdpa/eager
+
+    def load_model(self, path, dtype, attn, device, revision):
+        from ivcprune.models.deepseek_vl2 import DeepseekVL2ForCausalLM
+
+        return DeepseekVL2ForCausalLM.from_pretrained(path, torch_dtype=dtype, attn_implementation=attn,
+                                                      device=device, revision=revision)
+
+    def load_processor(self, path, revision):
+        from ivcprune.models.deepseek_vl2 import DeepseekVL2Processor
+
+        return DeepseekVL2Processor.from_pretrained(path, revision=revision)
 
     def prompt_text(self, parts) -> str:
         """User content: ``<image>\\n`` for every image, text pieces verbatim, in the given order."""
@@ -73,31 +65,18 @@ class DeepseekVL2Wrapper(QwenVL):
 
         return select_best_resolution((int(w), int(h)), self.processor.candidates)
 
-    def generate(self, parts, dataset=None) -> str:
-        import torch
+    def count_image_tokens(self, inputs) -> int:
+        return int(inputs["images_seq_mask"][0].sum())
 
-        from ivcprune import prune
-
-        inputs = self.build_inputs(parts)
-        prompt_len = int(inputs["input_ids"].shape[1])
-        image_tokens = int(inputs["images_seq_mask"][0].sum())
-        timer = GenTimer(self.device)
-        # the prefill forward ends at the first-token logits: the second "put" stamps the prefill time
+    def run_generate(self, inputs, timer):
+        """The model's own greedy loop; a forward hook stamps the first-token logits for the prefill time."""
+        timer.put(None)  # the prompt (what a transformers streamer would receive first)
         first = self.model.register_forward_hook(lambda *_: timer.put(None))
-        ctx = prune(self.model, self.method) if self.method is not None else contextlib.nullcontext()
         try:
-            with torch.inference_mode(), ctx as trace:
-                timer.start()
-                timer.put(None)
-                out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          repetition_penalty=1.0)
-                timer.stop()
+            return self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                       repetition_penalty=1.0)
         finally:
             first.remove()
-        new = out[0, prompt_len:]
-        sel = trace.selections[-1] if (trace is not None and trace.selections) else None
-        self.last_stats = self._stats(sel, image_tokens, prompt_len, timer, int(new.shape[0]))
-        return self._decode(new)
 
     def _decode(self, new) -> str:
         """Special tokens kept (grounding tags); the EOS and everything after it dropped."""

@@ -8,11 +8,11 @@ tiling with the processor's own canvas routine (see ``ivcprune.models.internvl``
 
 from __future__ import annotations
 
-from ivcprune.eval.wrappers.llava import NativeVLWrapper, split_parts
+from ivcprune.eval.wrappers.base import VLWrapper
 from ivcprune.models.internvl import image_sizes
 
 
-class InternVLWrapper(NativeVLWrapper):
+class InternVLWrapper(VLWrapper):
     """The harness Model for the ``internvl`` family."""
 
     model_class = "InternVLForConditionalGeneration"
@@ -30,19 +30,8 @@ class InternVLWrapper(NativeVLWrapper):
         return gw * ip.size["width"], gh * ip.size["height"]
 
     def build_inputs(self, parts):
-        content, images = [], []
-        for kind, value in split_parts(parts):
-            if kind == "image":
-                images.append(value.convert("RGB"))
-                content.append({"type": "image"})
-            else:
-                content.append({"type": "text", "text": value})
-        messages = [{"role": "user", "content": content}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        kwargs = {"text": [text], "return_tensors": "pt"}
-        if images:
-            kwargs["images"] = images
-        inputs = self.processor(**kwargs)
+        inputs = super().build_inputs(parts)
+        images = [value for kind, value in parts if kind == "image"]
         if images:
             inputs["image_sizes"] = image_sizes(images)
         return inputs.to(self.device)
