@@ -225,3 +225,15 @@ def test_grid_keeps_an_even_lattice_on_the_merged_grid():
     image = trace.last.images[0][0]
     rel = [i - image.start for i in image.kept]
     assert rel == lattice(5, 6, 15, 0.5)
+
+
+def test_a_family_without_default_budget_needs_an_explicit_retention():
+    from dataclasses import replace
+
+    ctx = _ctx([ImageRecord(start=2, length=20)])
+    ctx.settings = replace(QWEN_SETTINGS, family="llava", retention=None)
+    with pytest.raises(ValueError, match="pass retention"):
+        ivcprune.UniformGrid(layer=K).select_image(ctx, ctx.images[0])
+    image = ctx.images[0]
+    ivcprune.UniformGrid(layer=K, retention=0.5).select_image(ctx, image)
+    assert len(image.kept) == 10

@@ -29,8 +29,14 @@ class BudgetedMethod(PruningMethod):
         return self.retention is not None and float(self.retention) >= 1.0
 
     def budget(self, ctx: SampleContext, image: ImageRecord) -> int:
+        return count(image.length, self.rho(ctx))
+
+    def rho(self, ctx: SampleContext) -> float:
         rho = ctx.settings.retention if self.retention is None else self.retention
-        return count(image.length, rho)
+        if rho is None:
+            raise ValueError(f"{self.name}: the {ctx.settings.family} family has no default image-token budget "
+                             "(its IVC-Prune policy is UNION); pass retention=")
+        return float(rho)
 
     def ranking(self, ctx: SampleContext, image: ImageRecord) -> torch.Tensor:
         """Span-relative indices of every image token, best first."""

@@ -82,7 +82,7 @@ class UniformGrid(BudgetedMethod):
     name: ClassVar[str] = "grid"
 
     def select_image(self, ctx: SampleContext, image: ImageRecord) -> None:
-        rho = ctx.settings.retention if self.retention is None else self.retention
+        rho = self.rho(ctx)
         groups = grid_groups(ctx, image)
         kept = []
         for g, rows, cols in groups:
