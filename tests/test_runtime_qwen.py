@@ -110,6 +110,10 @@ def test_several_images_are_budgeted_separately(setup):
     sel = trace.selections[-1]
     images = sel.images[0]
     assert len(images) == 2 and images[0].length != images[1].length
+    # generate() passes encoded images, not image_grid_thw: counts and grids still match the processor's
+    merge = model.config.vision_config.spatial_merge_size
+    expected = [(t, h // merge, w // merge) for t, h, w in two["image_grid_thw"].tolist()]
+    assert [im.grid for im in images] == expected
     for im in images:
         assert len(im.kept) == round(0.5 * im.length)
         assert all(im.start <= i < im.end for i in im.kept)

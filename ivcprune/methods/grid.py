@@ -42,21 +42,11 @@ def lattice(rows: int, cols: int, k: int, retention: float) -> list[int]:
     return points
 
 
-def span_shape(positions: torch.Tensor, image: ImageRecord) -> tuple[int, int] | None:
-    """(rows, cols) of a one-grid image: its recorded grid, else read from M-RoPE (t, h, w) ids.
-
-    ``generate()`` in transformers 5.23 passes encoder outputs instead of ``image_grid_thw``, so the grid is
-    often unknown to the runtime; under M-RoPE the h/w ids of the span still give it exactly.
-    """
+def span_shape(image: ImageRecord) -> tuple[int, int] | None:
+    """(rows, cols) of a one-grid image from its recorded grid (the adapters fill it, e.g. Qwen's merged grid)."""
     if image.grid is not None and len(image.grid) >= 2 and image.length % int(image.grid[-1]) == 0:
         cols = int(image.grid[-1])
         return image.length // cols, cols
-    if positions.shape[0] == 3:
-        h = positions[1, image.start:image.end]
-        w = positions[2, image.start:image.end]
-        rows, cols = int(h.max() - h.min()) + 1, int(w.max() - w.min()) + 1
-        if rows * cols == image.length:
-            return rows, cols
     return None
 
 
@@ -65,7 +55,7 @@ def grid_groups(ctx: SampleContext, image: ImageRecord) -> list[tuple[torch.Tens
     groups = ctx.adapter.image_groups(image)
     if groups is None:
         span = torch.arange(image.length)
-        shape = span_shape(ctx.positions, image)
+        shape = span_shape(image)
         if shape is not None:
             return [(span, *shape)]
         groups = [span]

@@ -132,6 +132,9 @@ class FamilyAdapter:
         """Position ids to inject at a decode step from (B, q) next positions (original numbering)."""
         return next_positions
 
+    def complete_images(self, images: list[list[ImageRecord]], positions: torch.Tensor) -> None:
+        """Fill what the request inputs did not reveal (e.g. a grid) once the position ids are known."""
+
     def image_groups(self, image: ImageRecord) -> list[torch.Tensor] | None:
         """IVC groups inside one image (span-relative); None = the whole span."""
         return None

@@ -38,13 +38,25 @@ class QwenVLAdapter(FamilyAdapter):
         return self.model.config
 
     def image_structure(self, kwargs: dict) -> object:
-        return kwargs.get("image_grid_thw")
+        """Per image (token count, merged grid or None), in prompt order over the batch.
+
+        A plain forward gets ``image_grid_thw``; ``generate()`` in transformers 5.23 encodes the images first and
+        passes ``mm_encoder_outputs`` instead, whose per-image features give the counts (the grid is then read
+        back from the M-RoPE positions, see ``complete_images``).
+        """
+        merge = self.config.vision_config.spatial_merge_size
+        grids = kwargs.get("image_grid_thw")
+        if grids is not None:
+            return [(t * h * w // (merge * merge), (t, h // merge, w // merge)) for t, h, w in grids.tolist()]
+        encoded = (kwargs.get("mm_encoder_outputs") or {}).get("image")
+        features = getattr(encoded, "pooler_output", None)
+        if features is not None and isinstance(features, (tuple, list)):
+            return [(int(f.shape[0]), None) for f in features]
+        return None
 
     def image_spans(self, request: RequestInputs) -> list[list[ImageRecord]]:
-        merge = self.config.vision_config.spatial_merge_size
         image_id = self.config.image_token_id
-        grids = request.structure
-        grid_list = [] if grids is None else [tuple(int(x) for x in g) for g in grids.tolist()]
+        per_image = request.structure or []
         cursor = 0
         spans: list[list[ImageRecord]] = []
         for b in range(request.input_ids.shape[0]):
@@ -53,21 +65,27 @@ class QwenVLAdapter(FamilyAdapter):
             for start, length in _runs(is_image):
                 # adjacent images can merge into one run: split it by the per-image token counts
                 while length > 0:
-                    if cursor < len(grid_list):
-                        t, h, w = grid_list[cursor]
-                        n, grid = t * h * w // (merge * merge), (t, h // merge, w // merge)
-                    else:
-                        n, grid = length, None
+                    n, grid = per_image[cursor] if cursor < len(per_image) else (length, None)
                     if n > length:
                         raise ValueError(
                             f"sample {b}: image {cursor} needs {n} image tokens but only {length} are in the prompt; "
-                            "image_grid_thw does not match input_ids"
+                            "the image inputs do not match input_ids"
                         )
                     records.append(ImageRecord(start=start, length=n, grid=grid))
                     cursor += 1
                     start, length = start + n, length - n
             spans.append(records)
         return spans
+
+    def complete_images(self, images: list[list[ImageRecord]], positions: torch.Tensor) -> None:
+        """Fill unknown merged grids (t, h, w) from the M-RoPE ids: rows and columns are the h/w id ranges."""
+        for b, records in enumerate(images):
+            for im in records:
+                if im.grid is None and im.length:
+                    pos = positions[:, b, im.start:im.end]
+                    h = int(pos[1].max() - pos[1].min()) + 1
+                    w = int(pos[2].max() - pos[2].min()) + 1
+                    im.grid = (im.length // (h * w), h, w)
 
     def positions(self, position_ids, batch, length, device):
         # generate() passes 4 rows (a text row for packed-mask detection, then t/h/w); the rotary uses t/h/w

@@ -187,6 +187,7 @@ class PruneRuntime:
             self._request = None  # not the prefill we armed for
             return None
         req.positions = self.adapter.positions(kwargs.get("position_ids"), batch, length, embeds.device)
+        self.adapter.complete_images(req.images, req.positions)
         return None
 
     def _value_hook(self, module, args, output):

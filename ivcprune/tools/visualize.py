@@ -65,8 +65,7 @@ def _centre_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def layout(image: Image.Image, record: ImageRecord, family: str, positions: torch.Tensor | None = None,
-           tile_tokens: int | None = None) -> list[Panel]:
+def layout(image: Image.Image, record: ImageRecord, family: str, tile_tokens: int | None = None) -> list[Panel]:
     """The panels of one image: where each of its tokens sits on the picture."""
     tokens = list(range(record.start, record.end))
     if family == "internvl":
@@ -78,9 +77,7 @@ def layout(image: Image.Image, record: ImageRecord, family: str, positions: torc
     else:
         from ivcprune.methods.grid import span_shape
 
-        shape = span_shape(positions, record) if positions is not None else None
-        if shape is None and record.grid is not None and len(record.grid) >= 2:
-            shape = (record.length // int(record.grid[-1]), int(record.grid[-1]))
+        shape = span_shape(record)
         if shape is not None:
             return [_grid_panel("image", image, *shape, tokens)]
     side = math.isqrt(record.length)
@@ -224,7 +221,7 @@ def visualize(model, processor, image: Image.Image, prompt: str, method, image_i
     positions = seen["positions"]
     c, s = ivc_scores(positions[:, record.start:record.end], adapter.inv_freq())
     tile_tokens = getattr(adapter, "tile_tokens", None)
-    panels = layout(image, record, family, positions, tile_tokens)
+    panels = layout(image, record, family, tile_tokens)
     maps = {"IVC cos score V": dict(zip(range(record.start, record.end), c.tolist())),
             "IVC sin score U": dict(zip(range(record.start, record.end), s.tolist()))}
     header = (f"{type(model).__name__} | {sel.method} K={sel.layer} | kept {len(record.kept)}/{record.length} image "
