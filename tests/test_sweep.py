@@ -65,7 +65,10 @@ def test_sweep_runs_the_tiny_demo_and_writes_table_and_plot(tmp_path, monkeypatc
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = sweep.cli_main(["--model", MODEL, "--data", DATASET, "--method", "ivcp,grid", "--retention", "0.5,1.0",
+        from ivcprune.eval import runner
+
+        # through `ivcp run`, as users call it: --method / a retention list dispatch to the sweep
+        rc = runner.cli_main(["--model", MODEL, "--data", DATASET, "--method", "ivcp,grid", "--retention", "0.5,1.0",
                              "--layer", "2", "--work-dir", str(tmp_path / "out"), "--model-path", str(ckpt),
                              "--set", "generation.max_new_tokens=4", "--warmup", "0"])
     finally:

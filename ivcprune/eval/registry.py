@@ -225,33 +225,28 @@ def fingerprint(entry: Entry, *, prompt_style: str, image_mode: str, dataset_sig
 
 
 # --------------------------------------------------------------------------------------------- pruning methods
-METHODS = {
-    "ivcp": ("ivcprune", "IVCPrune"),
-    "ivc-prune": ("ivcprune", "IVCPrune"),
-}
-
-
 def make_method(pruning: dict | None):
     """The pruning method object of a registry ``pruning:`` block, or None for a baseline.
 
-    ``method`` names an entry of METHODS (or ``module:Class``); every other key is passed to the constructor,
-    so a new method needs one line here and YAML, not runner changes.
+    ``method`` is a name of ``ivcprune.methods.make_method`` (``ivcp``, ``fastv``, ``random``, ``grid``, each
+    also ``+ivc``) or a ``module:callable``; every other key is passed on, so a new method needs no runner change.
     """
     if not pruning:
         return None
     import importlib
 
+    from ivcprune.methods import make_method as method_by_name
+
     spec = dict(pruning)
     name = str(spec.pop("method", "ivcp"))
-    if ":" in name:
-        module_name, cls_name = name.split(":", 1)
-    elif name.lower() in METHODS:
-        module_name, cls_name = METHODS[name.lower()]
-    else:
-        raise RegistryError(f"unknown pruning method {name!r} (known: {sorted(METHODS)}, or module:Class)")
-    cls = getattr(importlib.import_module(module_name), cls_name)
     kwargs = {k: v for k, v in spec.items() if v is not None or k == "layer"}
-    return cls(**kwargs)
+    if ":" in name:
+        module_name, attr = name.split(":", 1)
+        return getattr(importlib.import_module(module_name), attr)(**kwargs)
+    try:
+        return method_by_name(name, **kwargs)
+    except ValueError as err:
+        raise RegistryError(f"{err} (or module:callable)") from None
 
 
 # --------------------------------------------------------------------------------------------- `ivcp list`

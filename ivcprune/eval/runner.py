@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--judge-args", default=None, help="judge options as JSON")
     ap.add_argument("--api-nproc", "--nproc", dest="api_nproc", type=int, default=8, help="judge concurrency")
     ap.add_argument("--limit", type=int, default=None, help="first N rows only (outputs named <dataset>_limitN)")
-    ap.add_argument("--retention", type=float, default=None, help="IVCP retention override (adds _r{F} to the name)")
+    ap.add_argument("--retention", type=float, default=None,
+                    help="IVCP retention override (adds _r{F} to the name); a comma list runs a sweep")
+    ap.add_argument("--method", default=None,
+                    help="comma list of ivcp, fastv, fastv+ivc, random, random+ivc, grid, grid+ivc: runs a sweep")
     ap.add_argument("--layer", type=int, default=None, help="IVCP pruning layer K override (adds _k{K})")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="any other registry override (repeatable; part of the fingerprint)")
@@ -483,6 +486,11 @@ def resolve_all(args) -> list[Entry]:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from ivcprune.eval import sweep
+
+    if sweep.wants_sweep(argv):  # --method, or a comma list of retentions: one runner call per setting
+        return sweep.cli_main(argv)
     args = build_parser().parse_args(argv)
     ctx = None
     try:
