@@ -237,3 +237,15 @@ def test_a_family_without_default_budget_needs_an_explicit_retention():
     image = ctx.images[0]
     ivcprune.UniformGrid(layer=K, retention=0.5).select_image(ctx, image)
     assert len(image.kept) == 10
+
+
+@pytest.mark.parametrize("name", ["fastv", "grid+ivc"])
+def test_baseline_without_budget_on_a_union_family_fails_before_any_work(name):
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint("llava")).eval()
+    with pytest.raises(ValueError, match="no default image-token budget"):
+        with ivcprune.prune(model, make_method(name, layer=2)):
+            pass
+    with ivcprune.prune(model, make_method(name, layer=2, retention=0.5)) as trace:
+        assert trace.layer == 2

@@ -110,3 +110,17 @@ def test_list_cli(capsys, tmp_path):
     assert reg.cli_main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "RefCOCO_testA_for_qwen25vl" in out and "MMBench_DEV_EN_V11" in out
+
+
+def test_every_ivcp_entry_registers_its_baseline_method_variants():
+    from ivcprune.eval.registry import make_method as registry_method
+    from ivcprune.methods.fastv import FastV
+    from ivcprune.methods.with_ivc import WithIVC
+
+    fastv = reg.resolve("Qwen2.5-VL-7B-Instruct_FastV")
+    assert fastv.pruning == {"method": "fastv", "layer": 16, "retention": 0.5}
+    assert isinstance(registry_method(fastv.pruning), FastV)
+    grid_ivc = reg.resolve("InternVL3-8B_Grid_IVC", retention=0.25)
+    assert grid_ivc.name == "InternVL3-8B_Grid_IVC_r0.25"
+    method = registry_method(grid_ivc.pruning)
+    assert isinstance(method, WithIVC) and method.method.retention == 0.25

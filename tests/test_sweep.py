@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 import pytest
-import yaml
 
 from ivcprune.eval import sweep
 from ivcprune.eval.registry import load_registry, make_method
@@ -29,20 +28,17 @@ def _args(tmp_path, **kw):
     return argparse.Namespace(**base)
 
 
-def test_plan_builds_variants_and_runner_calls(tmp_path):
-    runs, yaml_path = sweep.plan(_args(tmp_path), [0.5, 1.0], ["ivcp", "fastv+ivc"])
-    variants = yaml.safe_load(yaml_path.read_text())["models"]
-    assert set(variants) == {f"{MODEL}_FastV_IVC"}
-    assert variants[f"{MODEL}_FastV_IVC"]["pruning"] == {"method": sweep.FACTORY, "name": "fastv+ivc", "layer": 16,
-                                                         "retention": 0.5}
+def test_plan_uses_registry_variants_and_runner_calls(tmp_path):
+    runs = sweep.plan(_args(tmp_path), [0.5, 1.0], ["ivcp", "fastv+ivc"])
+    reg = load_registry()
+    assert reg[f"{MODEL}_FastV_IVC"]["pruning"] == {"method": "fastv+ivc", "layer": 16, "retention": 0.5}
     by = {(r.method, r.retention): r for r in runs}
     assert by[("ivcp", 0.5)].out_name == f"{MODEL}_IVCP_r0.5_k2"
     assert by[("fastv+ivc", 0.5)].out_name == f"{MODEL}_FastV_IVC_r0.5_k2"
     assert by[("ivcp", 1.0)].argv == by[("fastv+ivc", 1.0)].argv  # one shared unpruned baseline
     assert by[("ivcp", 1.0)].out_name == MODEL and "--layer" not in by[("ivcp", 1.0)].argv
     # the registry builds the method through the shared factory
-    entry = load_registry([str(yaml_path)])[f"{MODEL}_FastV_IVC"]
-    method = make_method(entry["pruning"])
+    method = make_method(reg[f"{MODEL}_FastV_IVC"]["pruning"])
     assert isinstance(method, WithIVC) and method.layer == 16 and method.label() == "fastv+ivc"
 
 

@@ -21,6 +21,9 @@ import yaml
 
 DATA_DIR = Path(__file__).with_name("registry")
 PRUNED_SUFFIXES = ("_IVCP", "_ivcp")
+# every IVCP entry also registers these baselines-under-the-same-runtime (same K and retention), ALGORITHM §9
+METHOD_VARIANTS = {"fastv": "_FastV", "fastv+ivc": "_FastV_IVC", "random": "_Random", "random+ivc": "_Random_IVC",
+                   "grid": "_Grid", "grid+ivc": "_Grid_IVC"}
 KNOWN_KEYS = {"family", "checkpoint", "revision", "path_env", "dtype", "attn", "min_pixels", "max_pixels",
               "max_tiles", "pruning", "generation", "box_scale", "aliases", "loader", "prompt_style", "description",
               "options"}
@@ -92,7 +95,17 @@ def _load_file(path: Path) -> dict[str, dict]:
                 base = copy.deepcopy(settings)
                 base["pruning"] = None
                 out.setdefault(stem, base)
+                for method, suffix in METHOD_VARIANTS.items():
+                    out.setdefault(stem + suffix, method_variant(settings, method))
     return out
+
+
+def method_variant(settings: dict, method: str) -> dict:
+    """An IVCP entry's settings with the pruning method swapped; K and the retention stay the same."""
+    variant = copy.deepcopy(settings)
+    old = variant.get("pruning") or {}
+    variant["pruning"] = {"method": method, "layer": old.get("layer"), "retention": old.get("retention")}
+    return variant
 
 
 def _strip_suffix(name: str) -> str | None:

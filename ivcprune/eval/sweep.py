@@ -15,14 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from ivcprune.eval.registry import PRUNED_SUFFIXES, RegistryError, load_registry, resolve
+from ivcprune.eval.registry import METHOD_VARIANTS, PRUNED_SUFFIXES, RegistryError, load_registry, resolve
 from ivcprune.methods import METHOD_NAMES
 
-FACTORY = "ivcprune.methods:make_method"
-VARIANT_SUFFIX = {"fastv": "_FastV", "fastv+ivc": "_FastV_IVC", "random": "_Random", "random+ivc": "_Random_IVC",
-                  "grid": "_Grid", "grid+ivc": "_Grid_IVC"}
 HEADLINE = ("accuracy", "Overall", "Final Score Norm", "acc")
 
 
@@ -80,35 +76,11 @@ def _stem_and_pruned(name: str, reg: dict) -> tuple[str, str]:
     raise RegistryError(f"{name}: no {name}_IVCP/_ivcp entry to derive pruned settings from")
 
 
-def variant_settings(pruned: dict, method: str) -> dict:
-    """The IVCP entry's settings with the pruning method swapped; K and the default retention stay the same."""
-    settings = copy.deepcopy(pruned)
-    settings.pop("_source", None)
-    settings.pop("aliases", None)
-    old = settings.get("pruning") or {}
-    settings["pruning"] = {"method": FACTORY, "name": method, "layer": old.get("layer"),
-                           "retention": old.get("retention")}
-    return settings
-
-
-def plan(args, retentions: list[float], methods: list[str]) -> tuple[list[Run], Path]:
-    """Every runner call of the sweep, and the variants YAML they read (written here)."""
+def plan(args, retentions: list[float], methods: list[str]) -> list[Run]:
+    """Every runner call of the sweep (the registry already holds each IVCP entry's method variants)."""
     reg = load_registry(args.model_config)
-    variants: dict[str, dict] = {}
-    names = []
-    for model in args.model:
-        stem, pruned = _stem_and_pruned(model, reg)
-        names.append((stem, pruned))
-        for method in methods:
-            if method != "ivcp":
-                variants[stem + VARIANT_SUFFIX[method]] = variant_settings(reg[pruned], method)
-    sweep_dir = Path(args.work_dir) / ".sweep"
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    yaml_path = sweep_dir / "variants.yaml"
-    yaml_path.write_text(yaml.safe_dump({"models": variants}, sort_keys=True))
-    configs = [*args.model_config, str(yaml_path)]
-    full = load_registry(configs)
-    common = ["--data", *args.data, "--work-dir", args.work_dir, *sum((["--model-config", c] for c in configs), [])]
+    names = [_stem_and_pruned(model, reg) for model in args.model]
+    common = ["--data", *args.data, "--work-dir", args.work_dir, *sum((["--model-config", c] for c in args.model_config), [])]
     if args.limit is not None:
         common += ["--limit", str(args.limit)]
     if args.model_path:
@@ -116,15 +88,15 @@ def plan(args, retentions: list[float], methods: list[str]) -> tuple[list[Run], 
     runs = []
     for stem, pruned in names:
         if any(r >= 1.0 for r in retentions):  # identity for every method: the unpruned baseline, once
-            entry = resolve(stem, model_path=args.model_path, registry=full)
+            entry = resolve(stem, model_path=args.model_path, registry=reg)
             runs += [Run(stem, m, 1.0, stem, entry.name, ["--model", stem, *common]) for m in methods]
         for method in methods:
-            name = pruned if method == "ivcp" else stem + VARIANT_SUFFIX[method]
+            name = pruned if method == "ivcp" else stem + METHOD_VARIANTS[method]
             for r in (r for r in retentions if r < 1.0):
-                entry = resolve(name, model_path=args.model_path, retention=r, layer=args.layer, registry=full)
+                entry = resolve(name, model_path=args.model_path, retention=r, layer=args.layer, registry=reg)
                 extra = ["--retention", format(r, "g")] + (["--layer", str(args.layer)] if args.layer else [])
                 runs.append(Run(stem, method, r, name, entry.name, ["--model", name, *extra, *common]))
-    return runs, yaml_path
+    return runs
 
 
 def _parse_list(text: str, kind, what: str) -> list:
@@ -216,7 +188,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         if bad or not all(0.0 < r <= 1.0 for r in retentions):
             raise RegistryError(f"--method must name {', '.join(METHOD_NAMES)} and retentions must be in (0, 1]; "
                                 f"got methods {methods}, retentions {retentions}")
-        runs, _ = plan(args, retentions, methods)
+        runs = plan(args, retentions, methods)
     except RegistryError as err:
         print(f"ivcp run: {err}", file=sys.stderr)
         return 2

@@ -28,6 +28,13 @@ class BudgetedMethod(PruningMethod):
     def is_identity(self) -> bool:
         return self.retention is not None and float(self.retention) >= 1.0
 
+    def resolve_layer(self, adapter) -> int:
+        """K, and a budget check before any work: a family without a default budget needs retention=."""
+        if self.retention is None and adapter.settings.retention is None:
+            raise ValueError(f"{self.name}: the {adapter.settings.family} family has no default image-token budget "
+                             "(its IVC-Prune policy is UNION); pass retention= (registry: --retention)")
+        return super().resolve_layer(adapter)
+
     def budget(self, ctx: SampleContext, image: ImageRecord) -> int:
         return count(image.length, self.rho(ctx))
 

@@ -41,6 +41,9 @@ class WithIVC(PruningMethod):
     def is_identity(self) -> bool:
         return self.method.is_identity()
 
+    def resolve_layer(self, adapter) -> int:
+        return self.method.resolve_layer(adapter)
+
     def attach_captures(self, runtime) -> list:
         return getattr(self.method, "attach_captures", lambda rt: [])(runtime)
 
