@@ -9,7 +9,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForCondition
 import ivcprune
 from ivcprune.testing import load_processor, make_image, tiny_checkpoint, tiny_inputs
 import invariants as inv
-from invariants import Case, greedy
+from invariants import Case, cache_lengths, greedy
 
 MAX_PIXELS = 64 * 28 * 28  # up to 64 merged tokens per image
 CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
@@ -166,3 +166,28 @@ def test_unsupported_setups_raise_before_any_work():
     with pytest.raises(NotImplementedError, match="no adapter"):
         with ivcprune.prune(torch.nn.Linear(2, 2), method()):
             pass
+
+
+def test_continuation_prefill_on_a_pruned_cache_passes_through_with_a_warning():
+    model, proc = load("qwen2_5_vl", "sdpa")
+    inputs = tiny_inputs("qwen2_5_vl", proc, make_image(168, 140, seed=1), PROMPT)
+    with torch.no_grad(), ivcprune.prune(model, method()) as trace:
+        out = model(**inputs, use_cache=True)
+        p = trace.selections[-1].max_kept
+        more = torch.tensor([[30, 31, 32]])
+        mask = torch.cat([inputs["attention_mask"], torch.ones_like(more)], dim=1)
+        with pytest.warns(UserWarning, match="continuation prefill"):
+            nxt = model(input_ids=more, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+    assert nxt.logits.shape[1] == 3 and torch.isfinite(nxt.logits).all()
+    assert cache_lengths(nxt.past_key_values) == [p + 3] * model.config.text_config.num_hidden_layers
+    assert len(trace.selections) == 1  # nothing re-selected
+
+
+def test_generate_without_cache_reselects_at_every_step():
+    model, proc = load("qwen2_5_vl", "sdpa")
+    inputs = tiny_inputs("qwen2_5_vl", proc, make_image(168, 140, seed=1), PROMPT)
+    with torch.no_grad(), ivcprune.prune(model, method()) as trace:
+        out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, use_cache=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    assert len(trace.selections) == 3 and all(s.pruned for s in trace.selections)
+    assert [s.prompt_length for s in trace.selections] == [inputs["input_ids"].shape[1] + t for t in range(3)]
