@@ -158,3 +158,28 @@ def test_cli_module_entry_point(s):
     res = cli(run_args(s, "--limit", "2", "--mode", "eval"), s["env"])
     assert res.returncode == 0, res.stderr
     assert (out / "Scripted_IVCP_POPE_limit2_score.json").is_file()
+
+
+def test_corrupt_image_rows_are_counted_misses_and_the_rest_runs(s):
+    """Corrupt base64 in one row and a reference to a missing index in another: no model call for them."""
+    import pandas as pd
+
+    tsv = s["data"] / "POPE.tsv"
+    df = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
+    df.loc[df["index"] == "4", "image"] = "!!!not-base64!!!" * 8
+    df.loc[df["index"] == "7", "image"] = "99"  # references an index that does not exist
+    df.to_csv(tsv, sep="\t", index=False)
+    assert runner.cli_main(run_args(s)) == 0
+    assert len(calls(s)) == 8 and not any("number 4?" in c or "number 7?" in c for c in calls(s))
+    preds = predictions(s["work"])
+    errors = dict(zip(preds["index"], preds["ivcp_error"]))
+    assert errors["4"].startswith("bad image") and errors["7"].startswith("bad image")
+    score = json.loads((s["work"] / "Scripted_IVCP" / "Scripted_IVCP_POPE_score.json").read_text())
+    assert score["n_infer_errors"] == 2 and {e["index"] for e in score["errors"]} == {4, 7}
+
+
+def test_empty_dataset_fails_the_pair_without_a_score(s, capsys):
+    (s["data"] / "POPE.tsv").write_text("index\timage\tquestion\tanswer\tcategory\n")
+    assert runner.cli_main(run_args(s)) == 1
+    assert "no rows" in capsys.readouterr().err
+    assert not (s["work"] / "Scripted_IVCP" / "Scripted_IVCP_POPE_score.json").exists()
