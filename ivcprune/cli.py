@@ -11,7 +11,7 @@ COMMANDS = {
     "convert": ("ivcprune.tools.convert", "cli_main", "convert MDETR RefCOCO annotations to TSV"),
     "bench": ("ivcprune.tools.bench", "cli_main", "prefill/decode latency, memory, KV bytes, FLOPs"),
     "visualize": ("ivcprune.tools.visualize", "cli_main", "PNG of the kept tokens over an image"),
-    "demo": ("ivcprune.tools.demo", "cli_main", "build the embedded demo (tiny model + synthetic RefCOCO)"),
+    "demo": ("ivcprune.tools.demo", "cli_main", "run the embedded demo offline (tiny random Qwen2.5-VL + synthetic RefCOCO)"),
 }
 
 

@@ -32,6 +32,8 @@ def test_layout_and_complete_file_skips_inference(s, capsys):
     assert len(calls(s)) == 10
     eff = json.loads((out / "Scripted_IVCP_POPE_efficiency.json").read_text())
     assert eff["kept_fraction"] == pytest.approx(0.5, abs=0.05) and eff["rows_timed"] == 8 and eff["sessions"] == 1
+    score = json.loads((out / "Scripted_IVCP_POPE_score.json").read_text())
+    assert score["efficiency"]["kept_fraction"] == eff["kept_fraction"]  # the score file carries the summary too
     printed = capsys.readouterr().out
     assert "POPE" in printed and "kept" in printed
     assert runner.cli_main(run_args(s)) == 0  # a complete predictions file: no generate call, scored again

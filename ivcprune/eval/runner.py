@@ -334,7 +334,7 @@ def _record_fields(ds, row, rec: dict, entry: Entry) -> dict:
         return {"prediction": text}
 
 
-def evaluate(pair: Pair, ds, args) -> object:
+def evaluate(pair: Pair, ds, args, eff: dict | None = None) -> object:
     judge = None
     if ds.type in ("MCQ", "YN"):
         from ivcprune.eval.judge import make_judge
@@ -342,7 +342,7 @@ def evaluate(pair: Pair, ds, args) -> object:
         judge = make_judge(args.judge, args.judge_args, pair.path("_judge_cache.jsonl"), args.api_nproc,
                            pair.dataset)
     return ds.evaluate(pair.path(".csv"), judge, family=pair.entry.family, box_scale=pair.entry.get("box_scale"),
-                       model=pair.entry.name)
+                       model=pair.entry.name, efficiency=eff)
 
 
 def write_efficiency(pair: Pair, records: list[dict]) -> dict:
@@ -433,7 +433,7 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
                                for i in ds.rows["index"].tolist()]
                 eff = write_efficiency(pair, records)
                 if args.mode != "infer":
-                    _print_report(pair, evaluate(pair, ds, args))
+                    _print_report(pair, evaluate(pair, ds, args, eff))
                 print(efficiency.format_summary(pair.entry.name, pair.dataset, eff))
                 misses = sum(1 for r in records if r.get("error"))
                 if misses:
