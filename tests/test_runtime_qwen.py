@@ -191,3 +191,21 @@ def test_generate_without_cache_reselects_at_every_step():
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
     assert len(trace.selections) == 3 and all(s.pruned for s in trace.selections)
     assert [s.prompt_length for s in trace.selections] == [inputs["input_ids"].shape[1] + t for t in range(3)]
+
+
+def test_bfloat16_model_prunes_with_float32_scoring():
+    """The model keeps its dtype; scoring runs in float32; KV accounting reads the live (2-byte) tensors."""
+    path = tiny_checkpoint("qwen2_5_vl", max_pixels=MAX_PIXELS)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16).eval()
+    proc = load_processor(path)
+    batch = tiny_inputs("qwen2_5_vl", proc, [make_image(168, 140, seed=1), make_image(112, 196, seed=2)],
+                        [PROMPT, "What is in the picture?"])
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    _, _, cache, trace = greedy(model, batch, STEPS, method())
+    sel = trace.selections[-1]
+    cfg = model.config.text_config
+    assert sel.kept_image_tokens == [round(0.5 * n) for n in sel.image_tokens]
+    assert cache.layers[0].keys.dtype == torch.bfloat16
+    assert cache_lengths(cache) == [sel.max_kept + STEPS - 1] * cfg.num_hidden_layers
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    assert sel.kv_bytes_per_token == cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 2
