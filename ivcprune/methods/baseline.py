@@ -1,7 +1,10 @@
 """Shared shape of the baselines (ALGORITHM §9): same K, per-image budget k_i = round(rho L_i), only the ranking differs.
 
-A baseline exposes ``fill(ctx, image, exclude, n)`` (its n best tokens outside ``exclude``) so that ``WithIVC`` can
-put the IVC tokens first and let the baseline fill the rest of the same budget.
+L_i counts the image's *countable* tokens: the span minus the adapter's ``structural_tokens`` (DeepSeek's newlines
+and separator; none for the other families). Structural tokens are always kept, never ranked and never counted.
+
+A baseline exposes ``fill(ctx, image, exclude, n)`` (its n best countable tokens outside ``exclude``) so that
+``WithIVC`` can put the IVC tokens first and let the baseline fill the rest of the same budget.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ class BudgetedMethod(PruningMethod):
         return super().resolve_layer(adapter)
 
     def budget(self, ctx: SampleContext, image: ImageRecord) -> int:
-        return count(image.length, self.rho(ctx))
+        """k_i = round(rho * |countable tokens|)."""
+        return count(image.length - structural_tokens(ctx, image).numel(), self.rho(ctx))
 
     def rho(self, ctx: SampleContext) -> float:
         rho = ctx.settings.retention if self.retention is None else self.retention
@@ -46,18 +50,36 @@ class BudgetedMethod(PruningMethod):
         return float(rho)
 
     def ranking(self, ctx: SampleContext, image: ImageRecord) -> torch.Tensor:
-        """Span-relative indices of every image token, best first."""
+        """Span-relative indices of the image's tokens, best first (structural tokens may appear: fill skips them)."""
         raise NotImplementedError
 
     def fill(self, ctx: SampleContext, image: ImageRecord, exclude: torch.Tensor, n: int) -> torch.Tensor:
-        """The first n tokens of the ranking that are not in ``exclude`` (span-relative)."""
+        """The first n countable tokens of the ranking that are not in ``exclude`` (span-relative)."""
         if n <= 0:
             return torch.empty(0, dtype=torch.long)
         order = self.ranking(ctx, image).cpu()
-        taken = torch.zeros(image.length, dtype=torch.bool)
-        taken[exclude.long().cpu()] = True
+        taken = unavailable(ctx, image, exclude)
         return order[~taken[order]][:n]
 
     def select_image(self, ctx: SampleContext, image: ImageRecord) -> None:
         chosen = self.fill(ctx, image, torch.empty(0, dtype=torch.long), self.budget(ctx, image))
-        image.kept = sorted((chosen + image.start).tolist())
+        image.kept = sorted((torch.cat([chosen.long(), structural_tokens(ctx, image)]).unique() + image.start).tolist())
+
+
+def structural_tokens(ctx: SampleContext, image: ImageRecord) -> torch.Tensor:
+    """The adapter's always-kept, never-counted tokens of an image (span-relative, CPU); none when it has no hook."""
+    hook = getattr(ctx.adapter, "structural_tokens", None)
+    return torch.empty(0, dtype=torch.long) if hook is None else hook(image).long().cpu()
+
+
+def countable_tokens(ctx: SampleContext, image: ImageRecord) -> torch.Tensor:
+    """Span-relative indices of the tokens a budget counts and a ranking orders, ascending."""
+    return torch.nonzero(~unavailable(ctx, image, torch.empty(0, dtype=torch.long)), as_tuple=False).flatten()
+
+
+def unavailable(ctx: SampleContext, image: ImageRecord, exclude: torch.Tensor) -> torch.Tensor:
+    """(L,) bool mask of the tokens a fill may not choose: ``exclude`` and the structural tokens."""
+    taken = torch.zeros(image.length, dtype=torch.bool)
+    taken[exclude.long().cpu()] = True
+    taken[structural_tokens(ctx, image)] = True
+    return taken

@@ -18,7 +18,7 @@ import torch
 from ivcprune.core.ranking import rank
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
-from ivcprune.methods.baseline import BudgetedMethod
+from ivcprune.methods.baseline import BudgetedMethod, countable_tokens
 
 CAPTURE_KEY = "fastv_qk"
 
@@ -106,4 +106,6 @@ class FastV(BudgetedMethod):
         return received[image.start:image.end].cpu()
 
     def ranking(self, ctx: SampleContext, image: ImageRecord) -> torch.Tensor:
-        return rank(self.scores(ctx, image))
+        """The countable tokens by attention received (structural tokens are not ranked; the softmax keeps them)."""
+        countable = countable_tokens(ctx, image)
+        return countable[rank(self.scores(ctx, image)[countable])]

@@ -2,6 +2,13 @@
 
 even(n, m) = {floor((i + 1/2) n / m) : i < m}. The lattice even(H, h') x even(W, w') with h' = round(H sqrt(rho)) and
 w' = round(k / h') is then adjusted to exactly k tokens by dropping or adding tokens at evenly spread raster ranks.
+
+Grids come from the adapter's ``token_grids`` when it has them (DeepSeek: the global 14x14 and the local
+(14 n_h) x (14 n_w) views, newline columns left out). The image budget k = round(rho * countable) is then split
+exactly: k_g = round(rho * n_g) per grid, and the difference k - sum k_g goes to the largest grid (the earlier one
+on a tie), spilling to the next largest when a grid would leave [0, n_g]. Structural tokens are kept on top.
+Without ``token_grids`` the grids are the adapter's IVC groups (each tile at round(rho * T_t), as before) or the
+recorded grid of a one-grid image.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import torch
 from ivcprune.core.ranking import count
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
-from ivcprune.methods.baseline import BudgetedMethod
+from ivcprune.methods.baseline import BudgetedMethod, structural_tokens, unavailable
 
 
 def even(n: int, m: int) -> list[int]:
@@ -67,23 +74,41 @@ def grid_groups(ctx: SampleContext, image: ImageRecord) -> list[tuple[torch.Tens
     return out
 
 
+def split_budget(k: int, sizes: list[int], rho: float) -> list[int]:
+    """Per-grid budgets that sum to exactly min(k, sum(sizes)): round(rho n_g), then the difference goes to the
+    largest grids first (stable on ties), each kept within [0, n_g]."""
+    parts = [count(n, rho) for n in sizes]
+    left = max(0, min(k, sum(sizes))) - sum(parts)
+    for g in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        if left == 0:
+            break
+        step = max(-parts[g], min(left, sizes[g] - parts[g]))
+        parts[g] += step
+        left -= step
+    return parts
+
+
 @dataclass
 class UniformGrid(BudgetedMethod):
     name: ClassVar[str] = "grid"
 
     def select_image(self, ctx: SampleContext, image: ImageRecord) -> None:
         rho = self.rho(ctx)
-        groups = grid_groups(ctx, image)
-        kept = []
-        for g, rows, cols in groups:
-            k = self.budget(ctx, image) if len(groups) == 1 else count(g.numel(), rho)
-            kept += g[lattice(rows, cols, k, rho)].tolist()
+        hook = getattr(ctx.adapter, "token_grids", None)
+        grids = hook(image) if hook is not None else None
+        if grids is not None:
+            budgets = split_budget(self.budget(ctx, image), [g.numel() for g, _, _ in grids], rho)
+        else:
+            grids = grid_groups(ctx, image)
+            budgets = ([self.budget(ctx, image)] if len(grids) == 1
+                       else [count(g.numel(), rho) for g, _, _ in grids])
+        kept = structural_tokens(ctx, image).tolist()
+        for (g, rows, cols), k in zip(grids, budgets):
+            kept += g.long().cpu()[lattice(rows, cols, k, rho)].tolist()
         image.kept = sorted(i + image.start for i in set(kept))
 
     def fill(self, ctx: SampleContext, image: ImageRecord, exclude: torch.Tensor, n: int) -> torch.Tensor:
-        """An even subsample of size n over the tokens not in ``exclude``, in raster order."""
-        taken = torch.zeros(image.length, dtype=torch.bool)
-        taken[exclude.long().cpu()] = True
-        rest = torch.nonzero(~taken, as_tuple=False).flatten()
+        """An even subsample of size n over the countable tokens not in ``exclude``, in span order."""
+        rest = torch.nonzero(~unavailable(ctx, image, exclude), as_tuple=False).flatten()
         n = max(0, min(n, rest.numel()))
         return rest[even(rest.numel(), n)] if n else torch.empty(0, dtype=torch.long)

@@ -2,16 +2,20 @@
 
 Isolates what the implicit visual coordinates add to any ranking: sel = IVC u the first max(0, k - |IVC|) tokens
 of X outside IVC (sel = IVC when |IVC| >= k).
+
+IVC is the adapter's ``ivc_sets`` (the family's groups and fractions; DeepSeek: 10 % of the global view, 15 % of
+each local row). Structural tokens (DeepSeek's newlines and separator) are kept, and an IVC token that is one of
+them does not use up the budget: k counts the countable tokens only, and so does |IVC| above.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ivcprune.core.rope import ivc_scores, ivc_select
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import PruningMethod, SampleContext
-from ivcprune.methods.baseline import BudgetedMethod
+from ivcprune.methods.baseline import BudgetedMethod, structural_tokens
+from ivcprune.models.base import group_ivc_sets
 
 
 class WithIVC(PruningMethod):
@@ -48,13 +52,19 @@ class WithIVC(PruningMethod):
         return getattr(self.method, "attach_captures", lambda rt: [])(runtime)
 
     def select_image(self, ctx: SampleContext, image: ImageRecord) -> None:
-        a, length = image.start, image.length
+        a = image.start
         fraction = ctx.settings.ivc_fraction if self.ivc_fraction is None else self.ivc_fraction
-        c, s = ivc_scores(ctx.positions[:, a:a + length].cpu(), ctx.inv_freq)
-        ivc_cos, ivc_sin = ivc_select(c, s, ctx.adapter.image_groups(image), fraction, fraction)
+        hook = getattr(ctx.adapter, "ivc_sets", None)
+        if hook is not None:
+            ivc_cos, ivc_sin = hook(ctx, image, fraction)
+        else:  # a duck-typed adapter without the hook: the generic per-group rule
+            ivc_cos, ivc_sin = group_ivc_sets(ctx, image, ctx.adapter.image_groups(image), fraction)
+        ivc_cos, ivc_sin = ivc_cos.long().cpu(), ivc_sin.long().cpu()
         ivc = torch.cat([ivc_cos, ivc_sin]).unique()
-        n = max(0, self.method.budget(ctx, image) - ivc.numel())
+        structural = structural_tokens(ctx, image)
+        counted = int((~torch.isin(ivc, structural)).sum())
+        n = max(0, self.method.budget(ctx, image) - counted)
         fill = self.method.fill(ctx, image, ivc, n)
-        image.kept = sorted((torch.cat([ivc, fill.long()]).unique() + a).tolist())
+        image.kept = sorted((torch.cat([ivc, fill.long(), structural]).unique() + a).tolist())
         image.ivc_cos = (ivc_cos + a).tolist()
         image.ivc_sin = (ivc_sin + a).tolist()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ivcprune.core.rope import ivc_scores, ivc_select
 from ivcprune.core.selection import ImageRecord
 
 
@@ -138,6 +139,36 @@ class FamilyAdapter:
     def image_groups(self, image: ImageRecord) -> list[torch.Tensor] | None:
         """IVC groups inside one image (span-relative); None = the whole span."""
         return None
+
+    def ivc_sets(self, ctx, image: ImageRecord, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Span-relative (cos, sin) IVC sets of one image at f_cos = f_sin = ``fraction``, for the +IVC baselines.
+
+        Default: the top ``fraction`` by cos and by sin inside each of ``image_groups``. A family whose IVC
+        groups use several fractions (DeepSeek's local rows) overrides this.
+        """
+        return group_ivc_sets(ctx, image, self.image_groups(image), fraction)
+
+    def structural_tokens(self, image: ImageRecord) -> torch.Tensor:
+        """Span-relative tokens every baseline keeps and no budget counts (DeepSeek newlines, separator).
+
+        Default: none, so the budget counts the whole span.
+        """
+        return torch.empty(0, dtype=torch.long)
+
+    def token_grids(self, image: ImageRecord) -> list[tuple[torch.Tensor, int, int]] | None:
+        """The spatial grids of one image for the uniform-grid baseline: (span-relative indices in raster order,
+        rows, cols) each, covering the countable tokens. Default None: the grid baseline derives its grids from
+        ``image_groups`` or the recorded grid, as it always did.
+        """
+        return None
+
+
+def group_ivc_sets(ctx, image: ImageRecord, groups: list[torch.Tensor] | None,
+                   fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) span-relative IVC sets: per group the top ``fraction`` by cos and by sin (ALGORITHM F2-F3)."""
+    a = image.start
+    c, s = ivc_scores(ctx.positions[:, a:a + image.length].cpu(), ctx.inv_freq)
+    return ivc_select(c, s, groups, fraction, fraction)
 
 
 _ADAPTERS: dict[str, type[FamilyAdapter]] = {}

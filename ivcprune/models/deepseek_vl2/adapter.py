@@ -138,13 +138,29 @@ class DeepseekVL2Adapter(FamilyAdapter):
         return [glob] + [row + l0 for row in policies.local_rows(span.g, (span.n_w, span.n_h))]
 
     def ivc_sets(self, ctx, image: ImageRecord, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Span-relative (cos, sin) IVC sets: ``fraction`` on the global view, ROW_IVC_FRACTION per local row."""
+        """Span-relative (cos, sin) IVC sets: ``fraction`` on the global view, ROW_IVC_FRACTION per local row.
+
+        Shared by GLOBAL-LOCAL and the +IVC baselines (``fraction`` = the family's 0.10 unless overridden).
+        """
         a, n = image.start, image.length
         c, s = ivc_scores(ctx.positions[:, a:a + n].cpu(), ctx.inv_freq)
         groups = self.image_groups(image)
         g_cos, g_sin = ivc_select(c, s, groups[:1], fraction, fraction)
         r_cos, r_sin = ivc_select(c, s, groups[1:], self.row_ivc_fraction, self.row_ivc_fraction)
         return torch.cat([g_cos, r_cos]).unique(), torch.cat([g_sin, r_sin]).unique()
+
+    def structural_tokens(self, image: ImageRecord) -> torch.Tensor:
+        """Span-relative newlines (global and local) and the separator: kept by every baseline, never counted."""
+        span = image.layout
+        return torch.tensor(sorted(span.newline_positions() + [span.separator])) - span.start
+
+    def token_grids(self, image: ImageRecord) -> list[tuple[torch.Tensor, int, int]]:
+        """The global g x g view and the stitched (g n_h) x (g n_w) local view, newline columns left out."""
+        span = image.layout
+        g, rows, cols = span.g, span.g * span.n_h, span.g * span.n_w
+        glob = torch.tensor([span.global_index(i, j) for i in range(g) for j in range(g)]) - span.start
+        local = torch.tensor([span.local_index(r, c) for r in range(rows) for c in range(cols)]) - span.start
+        return [(glob, g, g), (local, rows, cols)]
 
     def valid_cells(self, image: ImageRecord) -> torch.Tensor:
         span, vis = image.layout, self.model.settings
