@@ -19,6 +19,7 @@ from ivcprune.methods.baseline import BudgetedMethod
 from ivcprune.methods.fastv import attention_received
 from ivcprune.methods.grid import even, lattice
 from ivcprune.methods.random import RandomPrune
+from ivcprune.models.base import FamilyAdapter
 from ivcprune.models.qwen2_vl import QWEN_SETTINGS
 from ivcprune.testing import load_processor, make_image, tiny_checkpoint, tiny_inputs
 from invariants import cache_lengths, greedy
@@ -78,11 +79,13 @@ def test_attention_received_matches_a_naive_loop():
     assert got[0] == 0 and float(got.sum()) == pytest.approx(1.0, abs=1e-6)
 
 
-class _StubAdapter:
+class _StubAdapter(FamilyAdapter):
+    """A model-less adapter: the FamilyAdapter defaults with Qwen's settings (one IVC group, no structure)."""
+
     settings = QWEN_SETTINGS
 
-    def image_groups(self, image):
-        return None
+    def __init__(self):
+        super().__init__(model=None)
 
 
 def _ctx(images, length=40, index=0):

@@ -67,9 +67,8 @@ class BudgetedMethod(PruningMethod):
 
 
 def structural_tokens(ctx: SampleContext, image: ImageRecord) -> torch.Tensor:
-    """The adapter's always-kept, never-counted tokens of an image (span-relative, CPU); none when it has no hook."""
-    hook = getattr(ctx.adapter, "structural_tokens", None)
-    return torch.empty(0, dtype=torch.long) if hook is None else hook(image).long().cpu()
+    """The adapter's always-kept, never-counted tokens of an image (span-relative, CPU)."""
+    return ctx.adapter.structural_tokens(image).long().cpu()
 
 
 def countable_tokens(ctx: SampleContext, image: ImageRecord) -> torch.Tensor:

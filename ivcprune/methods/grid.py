@@ -94,8 +94,7 @@ class UniformGrid(BudgetedMethod):
 
     def select_image(self, ctx: SampleContext, image: ImageRecord) -> None:
         rho = self.rho(ctx)
-        hook = getattr(ctx.adapter, "token_grids", None)
-        grids = hook(image) if hook is not None else None
+        grids = ctx.adapter.token_grids(image)
         if grids is not None:
             budgets = split_budget(self.budget(ctx, image), [g.numel() for g, _, _ in grids], rho)
         else:

@@ -15,7 +15,6 @@ import torch
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import PruningMethod, SampleContext
 from ivcprune.methods.baseline import BudgetedMethod, structural_tokens
-from ivcprune.models.base import group_ivc_sets
 
 
 class WithIVC(PruningMethod):
@@ -54,11 +53,7 @@ class WithIVC(PruningMethod):
     def select_image(self, ctx: SampleContext, image: ImageRecord) -> None:
         a = image.start
         fraction = ctx.settings.ivc_fraction if self.ivc_fraction is None else self.ivc_fraction
-        hook = getattr(ctx.adapter, "ivc_sets", None)
-        if hook is not None:
-            ivc_cos, ivc_sin = hook(ctx, image, fraction)
-        else:  # a duck-typed adapter without the hook: the generic per-group rule
-            ivc_cos, ivc_sin = group_ivc_sets(ctx, image, ctx.adapter.image_groups(image), fraction)
+        ivc_cos, ivc_sin = ctx.adapter.ivc_sets(ctx, image, fraction)
         ivc_cos, ivc_sin = ivc_cos.long().cpu(), ivc_sin.long().cpu()
         ivc = torch.cat([ivc_cos, ivc_sin]).unique()
         structural = structural_tokens(ctx, image)
