@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 from PIL import Image
 
@@ -97,4 +99,58 @@ def test_cli_writes_a_png(tmp_path):
     out = tmp_path / "out.png"
     rc = vis.cli_main(["--checkpoint", str(path), "--image", str(tmp_path / "in.png"), "--prompt", "Where?",
                        "--method", "fastv+ivc", "--layer", "2", "--retention", "0.5", "--out", str(out)])
+    assert rc == 0 and Image.open(out).size[0] > 300
+
+
+# --------------------------------------------------------------------------------------------- DeepSeek-VL2
+ORANGE = (200, 120, 40)  # picture colour, distinct from the processor's (127, 127, 127) letterbox
+
+
+@pytest.fixture(scope="module")
+def deepseek_checkpoint(tmp_path_factory):
+    from ivcprune.models.deepseek_vl2 import make_tiny_deepseek_vl2
+
+    return make_tiny_deepseek_vl2(tmp_path_factory.mktemp("dsvl2"), "tiny")
+
+
+def test_deepseek_global_and_local_views_match_the_selection(deepseek_checkpoint):
+    """768x384 -> 2x1 tiles: the global view is letterboxed (rows 4-9 picture), the local canvas is all picture."""
+    model, proc = vis._load(argparse.Namespace(checkpoint=str(deepseek_checkpoint), model=None))
+    image = Image.new("RGB", (768, 384), ORANGE)
+    rendering, sel = vis.visualize(model, proc, image, "Where is the red circle?", ivcprune.make_method("ivcp", 2, 0.5))
+    record = sel.images[0][0]
+    start = record.start
+    assert record.grid == (2, 1) and record.length == 14 * 15 + 1 + 14 * 29
+    glob, local = rendering.panels
+    assert glob.title == "global view" and local.title == "local 2x1 tiles"
+    # token indices: global (i, j) at start + 15 i + j, local (r, c) at start + 211 + r * 29 + c; newlines undrawn
+    gw, lw = glob.cells[start][2], local.cells[start + 211][2]
+    assert glob.cells[start + 15 * 3 + 5][:2] == (5 * gw, 3 * gw)
+    assert local.cells[start + 211 + 2 * 29 + 20][:2] == (20 * lw, 2 * lw)
+    newlines = {start + 15 * i + 14 for i in range(14)} | {start + 211 + r * 29 + 28 for r in range(14)}
+    drawn = set(glob.cells) | set(local.cells)
+    assert len(drawn) == 196 + 392 and drawn | newlines | {start + 210} == set(range(record.start, record.end))
+    # every cell away from the letterbox edge reads back as its base colour, tinted or dimmed
+    seen = {"ivc_cos": 0, "pruned": 0}
+    for row, panel in enumerate(rendering.panels):
+        for tok, box in panel.cells.items():
+            i = (tok - start) // 15
+            if row == 0 and i in (3, 10):
+                continue  # the picture's edge crosses these rows: bicubic blend of picture and padding
+            base = (127, 127, 127) if row == 0 and not 4 <= i <= 9 else ORANGE
+            got, want = centre(rendering, row, 0, box), expected(tok, record, base)
+            assert max(abs(a - b) for a, b in zip(got, want)) <= 1, (row, tok, got, want)
+            if tok not in record.kept:
+                seen["pruned"] += 1
+            elif vis.role_of(record).get(tok) == "ivc_cos":
+                seen["ivc_cos"] += 1
+    assert seen["ivc_cos"] > 0 and seen["pruned"] > 0
+
+
+def test_deepseek_cli_writes_a_png(deepseek_checkpoint, tmp_path):
+    Image.new("RGB", (500, 300), GRAY).save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    rc = vis.cli_main(["--checkpoint", str(deepseek_checkpoint), "--image", str(tmp_path / "in.png"),
+                       "--prompt", "Where?", "--method", "fastv+ivc", "--layer", "2", "--retention", "0.5",
+                       "--out", str(out)])
     assert rc == 0 and Image.open(out).size[0] > 300

@@ -2,7 +2,8 @@
 
 Kept tokens are tinted by role (IVC-cos, IVC-sin, seed, foreground; other kept tokens stay as they are) and pruned
 tokens are dimmed. Every panel is drawn with exact integer cell boxes, so a test can read a cell's colour back.
-Layouts follow the family: Qwen's merged grid, LLaVA's centre-cropped square, InternVL's tiles plus thumbnail.
+Layouts follow the family: Qwen's merged grid, LLaVA's centre-cropped square, InternVL's tiles plus thumbnail,
+DeepSeek-VL2's letterboxed global view plus its tiled local view (newline tokens are not cells).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 import ivcprune
 from ivcprune.core.rope import ivc_scores
@@ -31,6 +32,8 @@ DIM = 0.25  # brightness left to a pruned cell
 PANEL_PX = 336  # longest side of a panel
 MARGIN, TITLE_H = 8, 16
 BACKGROUND = (255, 255, 255)
+DEEPSEEK_TILE_PX = 384  # side of DeepSeek-VL2's global view and of each local tile
+DEEPSEEK_PAD = (127, 127, 127)  # the processor's letterbox colour for image_mean 0.5 (int(0.5 * 255))
 
 
 @dataclass
@@ -65,9 +68,18 @@ def _centre_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def layout(image: Image.Image, record: ImageRecord, family: str, tile_tokens: int | None = None) -> list[Panel]:
-    """The panels of one image: where each of its tokens sits on the picture."""
+def layout(image: Image.Image, record: ImageRecord, family: str, tile_tokens: int | None = None,
+           span=None, pad_color: tuple[int, int, int] = DEEPSEEK_PAD) -> list[Panel]:
+    """The panels of one image: where each of its tokens sits on the picture.
+
+    ``span`` (DeepSeek-VL2 only) is the image's ``ImageSpan``; by default the record's own ``layout``.
+    """
     tokens = list(range(record.start, record.end))
+    if family == "deepseek_vl2":
+        span = span if span is not None else getattr(record, "layout", None)
+        if span is None:
+            raise ValueError("a DeepSeek-VL2 image needs its ImageSpan (record.layout or span=)")
+        return _deepseek_panels(image, span, pad_color)
     if family == "internvl":
         return _internvl_panels(image, record, tokens, tile_tokens or record.length)
     if family == "llava":
@@ -102,6 +114,24 @@ def _internvl_panels(image: Image.Image, record: ImageRecord, tokens: list[int],
             canvas_tokens[(ty * g + r) * (w_b * g) + tx * g + c] = tokens[tile * t + off]
     tiles = _grid_panel(f"{w_b}x{h_b} tiles", image, h_b * g, w_b * g, canvas_tokens)
     return [tiles, thumb]
+
+
+def _deepseek_panels(image: Image.Image, span, pad_color: tuple[int, int, int]) -> list[Panel]:
+    """Global view and local tiles, each letterboxed exactly as the processor does (``ImageOps.pad``, bicubic).
+
+    The global 14x14 cells map to 28-px squares of the 384-px square; the local grid covers the n_w x n_h tile
+    canvas. Newline columns and the separator have no place on the picture, so they get no cell.
+    """
+    g, side = span.g, DEEPSEEK_TILE_PX
+    pad = dict(method=Image.Resampling.BICUBIC, color=pad_color)
+    rgb = image.convert("RGB")
+    glob = ImageOps.pad(rgb, (side, side), **pad)
+    glob_tokens = [span.global_index(i, j) for i in range(g) for j in range(g)]
+    rows, cols = g * span.n_h, g * span.n_w
+    local = ImageOps.pad(rgb, (span.n_w * side, span.n_h * side), **pad)
+    local_tokens = [span.local_index(r, c) for r in range(rows) for c in range(cols)]
+    return [_grid_panel("global view", glob, g, g, glob_tokens),
+            _grid_panel(f"local {span.n_w}x{span.n_h} tiles", local, rows, cols, local_tokens)]
 
 
 # --------------------------------------------------------------------------------------------- drawing
@@ -196,7 +226,10 @@ def visualize(model, processor, image: Image.Image, prompt: str, method, image_i
 
     adapter = ivcprune.models.get_adapter(model)
     family = adapter.settings.family
-    inputs = tiny_inputs(family, processor, image, prompt)
+    if family == "deepseek_vl2":  # its own processor: one user turn, <image> first, original sizes included
+        inputs = processor(prompts=f"{processor.image_token}\n{prompt}", images=[image])
+    else:
+        inputs = tiny_inputs(family, processor, image, prompt)
     if family == "internvl":
         from ivcprune.models.internvl import image_sizes
 
@@ -221,7 +254,12 @@ def visualize(model, processor, image: Image.Image, prompt: str, method, image_i
     positions = seen["positions"]
     c, s = ivc_scores(positions[:, record.start:record.end], adapter.inv_freq())
     tile_tokens = getattr(adapter, "tile_tokens", None)
-    panels = layout(image, record, family, tile_tokens)
+    span, pad_color = None, DEEPSEEK_PAD
+    if family == "deepseek_vl2":
+        spans = getattr(model, "last_image_layout", None) or [[]]
+        span = spans[0][image_index] if len(spans[0]) > image_index else None
+        pad_color = tuple(getattr(processor, "pad_color", DEEPSEEK_PAD))
+    panels = layout(image, record, family, tile_tokens, span=span, pad_color=pad_color)
     maps = {"IVC cos score V": dict(zip(range(record.start, record.end), c.tolist())),
             "IVC sin score U": dict(zip(range(record.start, record.end), s.tolist()))}
     header = (f"{type(model).__name__} | {sel.method} K={sel.layer} | kept {len(record.kept)}/{record.length} image "
@@ -234,11 +272,18 @@ def _load(args):
 
     from ivcprune.testing import load_processor
 
-    path = args.checkpoint
+    path, family = args.checkpoint, None
     if args.model:
         from ivcprune.eval.registry import resolve
 
-        path = resolve(args.model).checkpoint
+        entry = resolve(args.model)
+        path, family = entry.checkpoint, entry.family
+    if family == "deepseek_vl2" or _config_model_type(path) == "deepseek_vl_v2":
+        # transformers has no class (nor AutoConfig) for it: the project's own model and processor
+        from ivcprune.models.deepseek_vl2 import DeepseekVL2ForCausalLM, DeepseekVL2Processor
+
+        model = DeepseekVL2ForCausalLM.from_pretrained(path, torch_dtype=torch.float32, attn_implementation="sdpa")
+        return model.eval(), DeepseekVL2Processor.from_pretrained(path)
     cfg = tf.AutoConfig.from_pretrained(path)
     classes = {"qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration, "qwen2_vl": tf.Qwen2VLForConditionalGeneration,
                "llava": tf.LlavaForConditionalGeneration, "internvl": tf.InternVLForConditionalGeneration}
@@ -248,11 +293,22 @@ def _load(args):
     return model, load_processor(path)
 
 
+def _config_model_type(path) -> str | None:
+    """model_type from a local folder's config.json, read directly: AutoConfig rejects DeepSeek-VL2's."""
+    import json
+    from pathlib import Path
+
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return None
+    return json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
+
+
 def cli_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ivcp visualize", description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="registry model name")
-    src.add_argument("--checkpoint", help="local checkpoint folder (Qwen2/2.5-VL, LLaVA, InternVL -hf)")
+    src.add_argument("--checkpoint", help="local checkpoint folder (Qwen2/2.5-VL, LLaVA, InternVL -hf, DeepSeek-VL2)")
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--prompt", required=True)
     p.add_argument("--method", default="ivcp", help="ivcp, fastv, random, grid, each also with +ivc")
