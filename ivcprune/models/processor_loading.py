@@ -87,6 +87,25 @@ def _chat_template(folder: Path, cfg: dict, tokenizer):
     )
 
 
+PROCESSOR_FILES = ["*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+
+
+def _local_folder(name_or_path, revision=None) -> Path | None:
+    """A local folder, or a hub id resolved to its cached snapshot (processor files only, never the weights).
+
+    Goes through the normal Hugging Face cache, so HF_HUB_OFFLINE=1 is honoured; None when it cannot be had.
+    """
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        return folder
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=PROCESSOR_FILES))
+    except Exception:  # noqa: BLE001 - the caller re-raises the stock loading error, which names the cause
+        return None
+
+
 def load_processor(folder, **kwargs):
     """``AutoProcessor.from_pretrained`` with a still-image fallback when video processors cannot load.
 
@@ -99,8 +118,8 @@ def load_processor(folder, **kwargs):
         return tf.AutoProcessor.from_pretrained(folder, **kwargs)
     except (ImportError, OSError, AttributeError, TypeError, ValueError) as err:
         stock_error = err
-    folder = Path(folder)
-    if not folder.is_dir():
+    folder = _local_folder(folder, kwargs.get("revision"))
+    if folder is None:
         raise stock_error
     cfg = _read_json(folder / "processor_config.json")
     proc_cls = _processor_class(folder, cfg)
