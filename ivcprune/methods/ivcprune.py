@@ -66,7 +66,7 @@ class IVCPrune(PruningMethod):
         selector(ctx, image, settings)
 
 
-def _span_selection(ctx: SampleContext, image: ImageRecord, settings: FamilySettings) -> None:
+def span_selection(ctx: SampleContext, image: ImageRecord, settings: FamilySettings) -> None:
     """BUDGET and UNION: IVC over the image's groups, foreground over the span (Qwen, LLaVA)."""
     a, length = image.start, image.length
     cols = torch.arange(a, a + length)
@@ -92,4 +92,4 @@ def _span_selection(ctx: SampleContext, image: ImageRecord, settings: FamilySett
     image.foreground = sorted((fill + a).tolist())
 
 
-_POLICIES = {"budget": _span_selection, "union": _span_selection}
+_POLICIES = {"budget": span_selection, "union": span_selection}

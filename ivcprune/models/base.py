@@ -171,6 +171,18 @@ def group_ivc_sets(ctx, image: ImageRecord, groups: list[torch.Tensor] | None,
     return ivc_select(c, s, groups, fraction, fraction)
 
 
+def token_runs(flags: torch.Tensor) -> list[tuple[int, int]]:
+    """Maximal runs of True as (start, length): the image spans of ALGORITHM F1 before any per-image split."""
+    idx = torch.nonzero(flags, as_tuple=False).flatten().tolist()
+    runs: list[tuple[int, int]] = []
+    for i in idx:
+        if runs and runs[-1][0] + runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
 _ADAPTERS: dict[str, type[FamilyAdapter]] = {}
 
 

@@ -20,8 +20,7 @@ from ivcprune.core.foreground import foreground_scores
 from ivcprune.core.ranking import count
 from ivcprune.core.rope import ivc_scores, ivc_select
 from ivcprune.core.selection import ImageRecord
-from ivcprune.models.base import FamilyAdapter, FamilySettings, RequestInputs, register_adapter
-from ivcprune.models.qwen2_vl import _runs as token_runs
+from ivcprune.models.base import FamilyAdapter, FamilySettings, RequestInputs, register_adapter, token_runs
 
 INTERNVL_SETTINGS = FamilySettings(
     family="internvl",

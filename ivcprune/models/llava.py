@@ -14,8 +14,7 @@ import math
 from dataclasses import replace
 
 from ivcprune.core.selection import ImageRecord
-from ivcprune.models.base import FamilyAdapter, FamilySettings, RequestInputs, register_adapter
-from ivcprune.models.qwen2_vl import _runs as token_runs  # maximal runs of True as (start, length)
+from ivcprune.models.base import FamilyAdapter, FamilySettings, RequestInputs, register_adapter, token_runs
 
 LLAVA_SETTINGS = FamilySettings(
     family="llava",
@@ -61,8 +60,8 @@ class LlavaAdapter(FamilyAdapter):
 
     def select_union_or_budget(self, ctx, image, settings) -> None:
         """UNION when no retention was given, BUDGET(rho) otherwise (see the module docstring)."""
-        from ivcprune.methods.ivcprune import _POLICIES  # the generic span policies (import here: no cycle)
+        from ivcprune.methods.ivcprune import span_selection  # import here: methods import the adapters
 
         policy = "union" if settings.retention is None else "budget"
-        _POLICIES[policy](ctx, image, replace(settings, policy=policy))
+        span_selection(ctx, image, replace(settings, policy=policy))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ivcprune.core.selection import ImageRecord
-from ivcprune.models.base import FamilyAdapter, FamilySettings, RequestInputs, register_adapter
+from ivcprune.models.base import FamilyAdapter, FamilySettings, RequestInputs, register_adapter, token_runs
 
 QWEN_SETTINGS = FamilySettings(
     family="qwen2_vl",
@@ -62,7 +62,7 @@ class QwenVLAdapter(FamilyAdapter):
         for b in range(request.input_ids.shape[0]):
             is_image = (request.input_ids[b] == image_id) & request.valid[b]
             records = []
-            for start, length in _runs(is_image):
+            for start, length in token_runs(is_image):
                 # adjacent images can merge into one run: split it by the per-image token counts
                 while length > 0:
                     n, grid = per_image[cursor] if cursor < len(per_image) else (length, None)
@@ -96,15 +96,3 @@ class QwenVLAdapter(FamilyAdapter):
     def decode_position_ids(self, next_positions: torch.Tensor) -> torch.Tensor:
         # M-RoPE: text tokens carry the same id on t/h/w; a 3-row tensor leaves the packed-mask text row unset
         return next_positions[None].expand(3, -1, -1)
-
-
-def _runs(flags: torch.Tensor) -> list[tuple[int, int]]:
-    """Maximal runs of True as (start, length)."""
-    idx = torch.nonzero(flags, as_tuple=False).flatten().tolist()
-    runs: list[tuple[int, int]] = []
-    for i in idx:
-        if runs and runs[-1][0] + runs[-1][1] == i:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((i, 1))
-    return runs
