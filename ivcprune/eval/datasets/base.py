@@ -208,6 +208,19 @@ class Dataset:
                            judge=judge_info, n_rows=len(result))
 
 
+def judge_record(judge, sources) -> dict:
+    """The score file's ``judge`` block: the judge's own report plus how each row was resolved."""
+    if judge is None:
+        info = {"mode": "exact_matching", "requested_model": None, "response_models": [],
+                "reason": "no judge given", "n_judge_errors": 0}
+    else:
+        info = dict(judge.report())
+    s = list(sources)
+    info.update(n_rule=s.count("rule"), n_judge=s.count("judge"),
+                n_unresolved=s.count("unresolved") + s.count("judge_error"))
+    return info
+
+
 def error_list(merged: pd.DataFrame, limit: int = 1000) -> list[dict]:
     """`[{index, error}]` for rows whose inference failed (bad images included)."""
     out = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import Dataset, ScoreReport, cell, check_family, row_error
+from .base import Dataset, ScoreReport, cell, check_family, judge_record, row_error
 
 LETTERS = string.ascii_uppercase
 REFUSALS = (
@@ -93,22 +93,6 @@ def extract_choice(prediction: str, options: dict[str, str]) -> str | None:
     return by_text[0] if len(by_text) == 1 else None
 
 
-def _judge_info(judge, counts: dict) -> dict:
-    if judge is None:
-        info = {"mode": "exact_matching", "requested_model": None, "response_models": [],
-                "reason": "no judge given", "n_judge_errors": 0}
-    else:
-        info = dict(judge.report())
-    info.update(counts)
-    return info
-
-
-def _count_sources(sources) -> dict:
-    s = list(sources)
-    return {"n_rule": s.count("rule"), "n_judge": s.count("judge"),
-            "n_unresolved": s.count("unresolved") + s.count("judge_error")}
-
-
 def _ask_judge(judge, items: list) -> list:
     if not items:
         return []
@@ -164,7 +148,7 @@ class MCQDataset(Dataset):
             table = score_table(units, "group_hit")
             overall = float(units["group_hit"].mean())
             result["group_hit"] = [bool(units.loc[g, "group_hit"]) for g in self._groups(result)]
-        info = _judge_info(judge, _count_sources(sources))
+        info = judge_record(judge, sources)
         metrics = {"Overall": overall, "number": len(result) if units is None else len(units),
                    "table": table.to_dict(orient="records")}
         if units is not None:

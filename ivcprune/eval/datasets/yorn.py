@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import DataError, Dataset, ScoreReport, cell, check_family, row_error
-from .mcq import _count_sources, _judge_info
+from .base import DataError, Dataset, ScoreReport, cell, check_family, judge_record, row_error
 
 PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _COMMA_DIGITS = re.compile(r"(\d)(,)(\d)")
@@ -170,7 +169,7 @@ class YesNoDataset(Dataset):
         result["match_source"] = sources
         table, metrics = self._table(result)
         metrics["number"] = len(result)
-        info = _judge_info(judge, _count_sources(sources))
+        info = judge_record(judge, sources)
         return self._finish(metrics, result, table, pred_file, meta, info)
 
     def _table(self, result: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
