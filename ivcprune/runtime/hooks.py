@@ -91,10 +91,6 @@ class PruneRuntime:
         self._request = None
         self._decode = None
 
-    @property
-    def armed(self) -> bool:
-        return self._request is not None
-
     def capture(self, key: str, value) -> None:
         """Store a method-specific capture (e.g. FastV's queries/keys) for the armed prefill."""
         if self._request is not None:
