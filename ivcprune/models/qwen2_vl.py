@@ -19,6 +19,15 @@ QWEN_SETTINGS = FamilySettings(
 )
 
 
+def mrope_section(head_dim: int) -> list[int]:
+    """(t, h, w) split of the head_dim/2 rotary frequencies in the released 1 : 1.5 : 1.5 proportion
+    ([16, 24, 24] at head_dim 128); used to build configs of random models at other widths."""
+    half = head_dim // 2
+    t = max(1, half // 4)
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
 @register_adapter("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration",
                   "Qwen2_5_VLModel", "Qwen2VLModel")
 class QwenVLAdapter(FamilyAdapter):

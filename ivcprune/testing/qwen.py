@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .common import text_kwargs
 from ivcprune.models.processor_loading import assemble_processor
+from ivcprune.models.qwen2_vl import mrope_section
 from .text import train_bytelevel_bpe
 
 # Order mirrors the real release (ids 151643...), here appended after the BPE vocabulary.
@@ -92,14 +93,6 @@ def build_tokenizer(vocab_size: int = 700, extra: tuple[str, ...] = (), named: d
     return tok
 
 
-def _mrope_section(head_dim: int) -> list[int]:
-    """Split head_dim/2 rotary frequencies over (t, h, w) in the released 1:1.5:1.5 proportion."""
-    half = head_dim // 2
-    t = max(1, half // 4)
-    h = (half - t) // 2
-    return [t, h, half - t - h]
-
-
 def build(family: str, s: dict):
     """Return (model, processor, generation kwargs, info) for 'qwen2_vl' or 'qwen2_5_vl' from the settings dict ``s``."""
     import transformers as tf
@@ -113,7 +106,7 @@ def build(family: str, s: dict):
         eos=ids["<|im_end|>"],
         pad=ids["<|endoftext|>"],
         theta=1e6,
-        mrope_section=_mrope_section(s["hidden"] // s["heads"]),
+        mrope_section=mrope_section(s["hidden"] // s["heads"]),
     )
     vis_common = dict(
         depth=s["vision_layers"],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 import ivcprune
+from ivcprune.models.qwen2_vl import mrope_section
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,6 @@ def _special_ids(vocab: int) -> dict:
     return {"image": vocab - 1, "video": vocab - 2, "start": vocab - 3, "end": vocab - 4, "eos": vocab - 5}
 
 
-def _mrope_section(head_dim: int) -> list[int]:
-    """(t, h, w) rotary split in the released 1 : 1.5 : 1.5 proportion ([16, 24, 24] at head_dim 128)."""
-    half = head_dim // 2
-    t = max(1, half // 4)
-    h = (half - t) // 2
-    return [t, h, half - t - h]
-
-
 def synthetic_model(shape: Shape, dtype: torch.dtype, attn: str, seed: int = 0):
     """A randomly initialised model of ``shape`` with a one-block vision tower (the LM is what is measured)."""
     import transformers as tf
@@ -111,7 +104,7 @@ def synthetic_model(shape: Shape, dtype: torch.dtype, attn: str, seed: int = 0):
                 pad_token_id=ids["eos"], bos_token_id=ids["eos"])
     if shape.family == "qwen2_5_vl":
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": shape.theta,
-                                   "mrope_section": _mrope_section(shape.head_dim)}
+                                   "mrope_section": mrope_section(shape.head_dim)}
         vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=shape.hidden,
                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                       fullatt_block_indexes=[0])
