@@ -1,4 +1,4 @@
-"""`ivcp bench` on a tiny in-memory config: files written, KV bytes equal the analytic value, FLOP model of §8."""
+"""`ivcp bench` on a tiny in-memory config: files written, KV bytes equal the analytic value, FLOP model of docs/ALGORITHM.md §8."""
 
 from __future__ import annotations
 

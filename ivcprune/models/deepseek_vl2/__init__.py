@@ -2,7 +2,7 @@
 
 Transformers has no DeepSeek-VL2 class and the official package needs transformers 4.38 + xformers,
 so the vision tower, projector, tile layout and processor are implemented here, around transformers'
-own DeepSeek language models. See /work/shared/docs/DEEPSEEK_VL2.md for the specification.
+own DeepSeek language models. See docs/DEEPSEEK_VL2.md for the specification.
 """
 
 from .configuration import DeepseekVL2Settings, load_config, parse_config
