@@ -17,7 +17,10 @@ from ivcprune.methods.base import SampleContext
 from ivcprune.methods.fastv import CAPTURE_KEY
 from ivcprune.methods.grid import lattice, split_budget
 from ivcprune.models.deepseek_vl2 import DeepseekVL2ForCausalLM, DeepseekVL2Processor, ImageSpan, make_tiny_deepseek_vl2
-from ivcprune.models.deepseek_vl2.adapter import DEEPSEEK_SETTINGS, DeepseekImage, DeepseekVL2Adapter
+from ivcprune.methods.ivcp import family_defaults, ivc_sets
+from ivcprune.models.deepseek_vl2.adapter import DeepseekImage, DeepseekVL2Adapter
+
+DEEPSEEK_SETTINGS = family_defaults("deepseek_vl2")
 
 K = 2
 BASELINES = ["fastv", "random", "grid", "fastv+ivc", "random+ivc", "grid+ivc"]
@@ -92,7 +95,7 @@ def test_structural_kept_and_countable_budget(name, n_w, n_h, rho):
     assert fixed <= kept
     k = round(rho * countable)
     if name.endswith("+ivc"):
-        cos, sin = DeepseekVL2Adapter(None).ivc_sets(ctx, image, DEEPSEEK_SETTINGS.ivc_fraction)
+        cos, sin = ivc_sets(ctx, image, DEEPSEEK_SETTINGS.ivc_fraction, DEEPSEEK_SETTINGS.ivc_fraction_by_role)
         ivc = set((torch.cat([cos, sin]) + image.start).tolist())
         assert ivc <= kept and sorted(image.ivc_cos) == sorted((cos + image.start).tolist())
         assert len(kept - fixed) == max(k, len(ivc - fixed))

@@ -15,8 +15,11 @@ import torch
 from ivcprune.core.policies import thumb_budget, upsample_thumbnail
 from ivcprune.core.rope import default_inv_freq, ivc_scores, ivc_select
 from ivcprune.core.selection import ImageRecord
-from ivcprune.models.internvl import INTERNVL_SETTINGS, InternVLAdapter, tile_grid
-from ivcprune.models.llava import LLAVA_SETTINGS
+from ivcprune.methods.ivcp import family_defaults
+from ivcprune.models.internvl import InternVLAdapter, tile_grid
+
+INTERNVL_SETTINGS = family_defaults("internvl")
+LLAVA_SETTINGS = family_defaults("llava")
 
 
 def reference_ivc(positions, theta, dim, k):
@@ -81,7 +84,9 @@ def test_internvl_ivc_runs_per_tile(grid, tiles):
     t, offset = 256, 47
     image = ImageRecord(start=offset, length=tiles * t, grid=grid)
     groups = internvl_adapter(t).image_groups(image)
-    assert [g.tolist() for g in groups] == [list(range(i * t, (i + 1) * t)) for i in range(tiles)]
+    assert [g.indices.tolist() for g in groups] == [list(range(i * t, (i + 1) * t)) for i in range(tiles)]
+    assert [g.role for g in groups] == ["tile"] * (tiles - 1) + ["thumbnail"]
+    groups = [g.indices for g in groups]
     positions = torch.arange(offset, offset + tiles * t)
     c, s = ivc_scores(positions, default_inv_freq(1e6, 128))
     f = INTERNVL_SETTINGS.ivc_fraction

@@ -13,20 +13,22 @@ import ivcprune
 from ivcprune.core.ranking import top_k
 from ivcprune.core.rope import ivc_scores, ivc_select
 from ivcprune.core.selection import ImageRecord
-from ivcprune.methods import METHOD_NAMES, make_method
+from ivcprune.methods import make_method, method_names
 from ivcprune.methods.base import SampleContext
 from ivcprune.methods.baseline import BudgetedMethod
 from ivcprune.methods.fastv import attention_received
 from ivcprune.methods.grid import even, lattice
 from ivcprune.methods.random import RandomPrune
 from ivcprune.models.base import FamilyAdapter
-from ivcprune.models.qwen2_vl import QWEN_SETTINGS
+from ivcprune.methods.ivcp import family_defaults
+
+QWEN_SETTINGS = family_defaults("qwen2_5_vl")
 from ivcprune.testing import load_processor, make_image, tiny_checkpoint, tiny_inputs
 from invariants import cache_lengths, greedy
 
 K, STEPS = 2, 3
 PROMPT = "Locate the red circle on the left and output the bbox coordinates in JSON format."
-BASELINES = [m for m in METHOD_NAMES if m != "ivcp"]
+BASELINES = [m for m in method_names() if m != "ivcp"]
 DETERMINISTIC = [m for m in BASELINES if not m.startswith("random")]
 
 
@@ -80,9 +82,9 @@ def test_attention_received_matches_a_naive_loop():
 
 
 class _StubAdapter(FamilyAdapter):
-    """A model-less adapter: the FamilyAdapter defaults with Qwen's settings (one IVC group, no structure)."""
+    """A model-less adapter: the FamilyAdapter defaults (one IVC group, no structure) under Qwen's family name."""
 
-    settings = QWEN_SETTINGS
+    family = "qwen2_5_vl"
 
     def __init__(self):
         super().__init__(model=None)

@@ -17,6 +17,7 @@ from PIL import Image
 import ivcprune
 from ivcprune.models import get_adapter
 from ivcprune.models.deepseek_vl2 import DeepseekVL2ForCausalLM, DeepseekVL2Processor, make_tiny_deepseek_vl2
+from ivcprune.methods.ivcp import family_defaults
 from ivcprune.models.deepseek_vl2.adapter import DeepseekVL2Adapter
 
 K = 2  # of 3 decoder layers: layers 0-1 see the full prompt
@@ -124,7 +125,7 @@ def test_adapter_registration_defaults_and_values(load):
 
     model, _ = load("small", "eager")
     adapter = get_adapter(model)
-    assert isinstance(adapter, DeepseekVL2Adapter) and adapter.settings.query_offset == 1
+    assert isinstance(adapter, DeepseekVL2Adapter) and ivcprune.IVCPrune().family_defaults(adapter).query_offset == 1
     assert adapter.value_module(K - 1) is model.decoder_layers[K - 1].self_attn.kv_b_proj
     cfg = model.config
     assert adapter.inv_freq().numel() == cfg.qk_rope_head_dim // 2  # the rope part only
@@ -134,7 +135,7 @@ def test_adapter_registration_defaults_and_values(load):
     assert torch.equal(v[1, 3, 2], out[1, 0, 3].view(cfg.num_attention_heads, -1)[2, cfg.qk_nope_head_dim:])
     tiny, _ = load("tiny", "eager")
     assert get_adapter(tiny).value_module(0) is tiny.decoder_layers[0].self_attn.v_proj
-    assert dict(DeepseekVL2Adapter.settings.default_layers) == {27: 17, 12: 8, 30: 19}
+    assert dict(family_defaults("deepseek_vl2").default_layers) == {27: 17, 12: 8, 30: 19}
     assert "ivcprune.models.deepseek_vl2.adapter" in sys.modules
 
 

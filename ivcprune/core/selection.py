@@ -32,6 +32,14 @@ class ImageRecord:
 
 
 @dataclass
+class Stage:
+    """One later stage of a multi-stage selection: from ``layer`` on, sample b holds only ``kept[b]``."""
+
+    layer: int
+    kept: list[list[int]]
+
+
+@dataclass
 class Selection:
     """One record per pruned prefill (one request, B samples).
 
@@ -49,6 +57,9 @@ class Selection:
     kv_bytes_per_token: int = 0  # sum over layers of bytes per cached token (live tensors)
     selection_ms: float = 0.0  # time spent in the layer-K hook (selection + gathers + cache cut)
     pruned: bool = True  # False when the request passed through (retention 1.0, no image, continuation)
+    # multi-stage methods (docs/ARCHITECTURE.md §5): the stages after the first, each narrowing the previous kept
+    # set; empty for single-stage methods, whose one stage is the record's own layer / kept.
+    stages: list[Stage] = field(default_factory=list)
 
     @property
     def batch_size(self) -> int:

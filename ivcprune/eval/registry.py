@@ -21,9 +21,14 @@ import yaml
 
 DATA_DIR = Path(__file__).with_name("registry")
 PRUNED_SUFFIXES = ("_IVCP", "_ivcp")
-# every IVCP entry also registers these baselines-under-the-same-runtime (same K and retention), ALGORITHM §9
-METHOD_VARIANTS = {"fastv": "_FastV", "fastv+ivc": "_FastV_IVC", "random": "_Random", "random+ivc": "_Random_IVC",
-                   "grid": "_Grid", "grid+ivc": "_Grid_IVC"}
+
+
+def comparison_variants() -> dict[str, str]:
+    """Method name -> variant suffix of every comparison method (all but IVC-Prune) in the method registry: every
+    IVCP entry also registers them under the same runtime, K and retention (docs/ALGORITHM.md §9)."""
+    from ivcprune.methods import variant_suffixes
+
+    return {name: suffix for name, suffix in variant_suffixes().items() if name != "ivcp"}
 KNOWN_KEYS = {"family", "checkpoint", "revision", "path_env", "dtype", "attn", "min_pixels", "max_pixels",
               "max_tiles", "pruning", "generation", "box_scale", "aliases", "loader", "prompt_style", "description",
               "options"}
@@ -95,7 +100,7 @@ def _load_file(path: Path) -> dict[str, dict]:
                 base = copy.deepcopy(settings)
                 base["pruning"] = None
                 out.setdefault(stem, base)
-                for method, suffix in METHOD_VARIANTS.items():
+                for method, suffix in comparison_variants().items():
                     out.setdefault(stem + suffix, method_variant(settings, method))
     return out
 
@@ -263,6 +268,15 @@ def make_method(pruning: dict | None):
 
 
 # --------------------------------------------------------------------------------------------- `ivcp list`
+def _print_methods() -> None:
+    from ivcprune.methods import method_specs
+
+    for spec in method_specs():
+        names = spec.name + (f", {spec.name}+ivc" if spec.plus_ivc else "")
+        suffixes = f"_{spec.suffix}" + (f", _{spec.suffix}_IVC" if spec.plus_ivc else "")
+        print(f"{names:<22} {suffixes:<22} {spec.summary}")
+
+
 def _print_models(extra: list[str] | None) -> None:
     from ivcprune.eval.wrappers import family_status
 
@@ -293,13 +307,15 @@ def _print_datasets() -> None:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ivcp list", description="List registered models or datasets.")
-    ap.add_argument("what", choices=["models", "datasets"])
+    ap = argparse.ArgumentParser(prog="ivcp list", description="List registered models, datasets or methods.")
+    ap.add_argument("what", choices=["models", "datasets", "methods"])
     ap.add_argument("--model-config", action="append", default=[], help="extra registry YAML (repeatable)")
     args = ap.parse_args(argv)
     try:
         if args.what == "models":
             _print_models(args.model_config)
+        elif args.what == "methods":
+            _print_methods()
         else:
             _print_datasets()
     except RegistryError as err:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from ivcprune.eval.registry import METHOD_VARIANTS, PRUNED_SUFFIXES, RegistryError, load_registry, resolve
-from ivcprune.methods import METHOD_NAMES
+from ivcprune.eval.registry import PRUNED_SUFFIXES, RegistryError, comparison_variants, load_registry, resolve
+from ivcprune.methods import method_names
 
 HEADLINE = ("accuracy", "Overall", "Final Score Norm", "acc")
 
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ivcp run (sweep)", add_help=False)
     ap.add_argument("--model", nargs="+", required=True)
     ap.add_argument("--data", nargs="+", required=True)
-    ap.add_argument("--method", default="ivcp", help=f"comma list of {', '.join(METHOD_NAMES)}")
+    ap.add_argument("--method", default="ivcp", help=f"comma list of {', '.join(method_names())}")
     ap.add_argument("--retention", default="1.0", help="comma list of retentions in (0, 1]")
     ap.add_argument("--layer", type=int, default=None)
     ap.add_argument("--work-dir", default="./outputs")
@@ -91,7 +91,7 @@ def plan(args, retentions: list[float], methods: list[str]) -> list[Run]:
             entry = resolve(stem, model_path=args.model_path, registry=reg)
             runs += [Run(stem, m, 1.0, stem, entry.name, ["--model", stem, *common]) for m in methods]
         for method in methods:
-            name = pruned if method == "ivcp" else stem + METHOD_VARIANTS[method]
+            name = pruned if method == "ivcp" else stem + comparison_variants()[method]
             for r in (r for r in retentions if r < 1.0):
                 entry = resolve(name, model_path=args.model_path, retention=r, layer=args.layer, registry=reg)
                 extra = ["--retention", format(r, "g")] + (["--layer", str(args.layer)] if args.layer else [])
@@ -184,9 +184,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     try:
         retentions = sorted(set(_parse_list(args.retention, float, "retention")))
         methods = _parse_list(args.method, str, "method")
-        bad = [m for m in methods if m not in METHOD_NAMES]
+        bad = [m for m in methods if m not in method_names()]
         if bad or not all(0.0 < r <= 1.0 for r in retentions):
-            raise RegistryError(f"--method must name {', '.join(METHOD_NAMES)} and retentions must be in (0, 1]; "
+            raise RegistryError(f"--method must name {', '.join(method_names())} and retentions must be in (0, 1]; "
                                 f"got methods {methods}, retentions {retentions}")
         runs = plan(args, retentions, methods)
     except RegistryError as err:

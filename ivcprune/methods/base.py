@@ -1,4 +1,8 @@
-"""The method interface: a small dataclass that ranks image tokens; the runtime does everything else."""
+"""The method interface: a small dataclass that decides which image tokens to keep; the runtime does the rest.
+
+The contract between methods and the runtime is docs/ARCHITECTURE.md §5: a method declares the layer K it selects
+at, the captures it needs (``captures``), and fills ``image.kept`` for each image in ``select_image``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import ClassVar
 import torch
 
 from ivcprune.core.selection import ImageRecord
-from ivcprune.models.base import FamilyAdapter, FamilySettings
+from ivcprune.models.base import FamilyAdapter
 
 
 @dataclass
@@ -20,7 +24,7 @@ class SampleContext:
     positions: torch.Tensor  # (A, S) integer position ids as the model uses them
     images: list[ImageRecord]
     inv_freq: torch.Tensor
-    settings: FamilySettings
+    settings: object  # the family's IVCPDefaults (K, budget, query offset, IVC fractions)
     adapter: FamilyAdapter
     values: torch.Tensor | None = None  # (S, H_kv, D) layer K-1 values, when the method asks for them
     extras: dict = field(default_factory=dict)  # method-specific captures (e.g. queries/keys for FastV)
@@ -50,12 +54,17 @@ class SampleContext:
 
 @dataclass
 class PruningMethod:
-    """Base class. ``layer`` is K, the first layer that sees only kept tokens (None: family default)."""
+    """Base class. ``layer`` is K, the first layer that sees only kept tokens (None: family default).
+
+    ``captures`` declares what the runtime must record during the prefill for ``select_image``: "values" (layer
+    K-1's value projection, in ``SampleContext.values``) and/or "attention" (the method's ``attach_captures``
+    returns the hook handles; their captures arrive in ``SampleContext.extras``).
+    """
 
     layer: int | None = None
 
     name: ClassVar[str] = "base"
-    needs_values: ClassVar[bool] = False
+    captures: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         if self.layer is not None and (not isinstance(self.layer, int) or isinstance(self.layer, bool)):
@@ -63,8 +72,22 @@ class PruningMethod:
         if self.layer is not None and self.layer < 1:
             raise ValueError(f"layer must be >= 1 (layers 0..K-1 see the full prompt), got {self.layer}")
 
+    @property
+    def needs_values(self) -> bool:
+        return "values" in self.captures
+
+    def attach_captures(self, runtime) -> list:
+        """Hooks for captures other than values (removed with the ``prune`` block); default none."""
+        return []
+
+    def family_defaults(self, adapter: FamilyAdapter):
+        """The family's defaults every method shares (K, budget, query offset): IVC-Prune's table."""
+        from ivcprune.methods.ivcp.defaults import family_defaults
+
+        return family_defaults(adapter.family)
+
     def resolve_layer(self, adapter: FamilyAdapter) -> int:
-        k = adapter.default_layer() if self.layer is None else self.layer
+        k = self.family_defaults(adapter).default_layer(adapter.num_layers) if self.layer is None else self.layer
         if not 1 <= k < adapter.num_layers:
             raise ValueError(
                 f"{self.name}: layer K={k} is out of range for a model with {adapter.num_layers} decoder layers; "

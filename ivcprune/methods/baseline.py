@@ -33,8 +33,8 @@ class BudgetedMethod(PruningMethod):
 
     def resolve_layer(self, adapter) -> int:
         """K, and a budget check before any work: a family without a default budget needs retention=."""
-        if self.retention is None and adapter.settings.retention is None:
-            raise ValueError(f"{self.name}: the {adapter.settings.family} family has no default image-token budget "
+        if self.retention is None and self.family_defaults(adapter).retention is None:
+            raise ValueError(f"{self.name}: the {adapter.family} family has no default image-token budget "
                              "(its IVC-Prune policy is UNION); pass retention= (registry: --retention)")
         return super().resolve_layer(adapter)
 

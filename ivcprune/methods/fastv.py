@@ -19,6 +19,7 @@ from ivcprune.core.ranking import rank
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
 from ivcprune.methods.baseline import BudgetedMethod, countable_tokens
+from ivcprune.methods.registry import register_method
 
 CAPTURE_KEY = "fastv_qk"
 
@@ -73,6 +74,7 @@ def attention_received(query: torch.Tensor, key: torch.Tensor, rows: torch.Tenso
     return probs.mean(dim=(0, 1))
 
 
+@register_method("fastv", suffix="FastV", summary="FastV: attention the text queries give each image token at K-1")
 @dataclass
 class FastV(BudgetedMethod):
     """``rows="text"``: R = the image's text queries (default); ``rows="last"``: R = the last prompt token."""
@@ -80,6 +82,7 @@ class FastV(BudgetedMethod):
     rows: str = "text"
 
     name: ClassVar[str] = "fastv"
+    captures: ClassVar[tuple[str, ...]] = ("attention",)
 
     def __post_init__(self):
         super().__post_init__()

@@ -23,6 +23,7 @@ from ivcprune.core.ranking import count
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
 from ivcprune.methods.baseline import BudgetedMethod, structural_tokens, unavailable
+from ivcprune.methods.registry import register_method
 
 
 def even(n: int, m: int) -> list[int]:
@@ -66,6 +67,8 @@ def grid_groups(ctx: SampleContext, image: ImageRecord) -> list[tuple[torch.Tens
         if shape is not None:
             return [(span, *shape)]
         groups = [span]
+    else:
+        groups = [group.indices for group in groups]
     out = []
     for g in groups:
         side = math.isqrt(g.numel())
@@ -88,6 +91,7 @@ def split_budget(k: int, sizes: list[int], rho: float) -> list[int]:
     return parts
 
 
+@register_method("grid", suffix="Grid", summary="an even spatial lattice of every image grid")
 @dataclass
 class UniformGrid(BudgetedMethod):
     name: ClassVar[str] = "grid"

@@ -14,6 +14,7 @@ import torch
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
 from ivcprune.methods.baseline import BudgetedMethod
+from ivcprune.methods.registry import register_method
 
 _MIX = 1_000_003
 
@@ -23,6 +24,7 @@ def draw_seed(seed: int, sample: int, image: int) -> int:
     return ((int(seed) * _MIX + int(sample)) * _MIX + int(image)) % (2**63 - 1)
 
 
+@register_method("random", suffix="Random", summary="uniform random subset (seeded per sample and image)")
 @dataclass
 class RandomPrune(BudgetedMethod):
     seed: int = 0

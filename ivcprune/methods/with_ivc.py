@@ -3,8 +3,8 @@
 Isolates what the implicit visual coordinates add to any ranking: sel = IVC u the first max(0, k - |IVC|) tokens
 of X outside IVC (sel = IVC when |IVC| >= k).
 
-IVC is the adapter's ``ivc_sets`` (the family's groups and fractions; DeepSeek: 10 % of the global view, 15 % of
-each local row). Structural tokens (DeepSeek's newlines and separator) are kept, and an IVC token that is one of
+IVC is IVC-Prune's ``ivc_sets`` over the adapter's groups with the family's fractions (DeepSeek: 10 % of the global
+view, 15 % of each local row). Structural tokens (DeepSeek's newlines and separator) are kept, and an IVC token that is one of
 them does not use up the budget: k counts the countable tokens only, and so does |IVC| above.
 """
 
@@ -15,6 +15,7 @@ import torch
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import PruningMethod, SampleContext
 from ivcprune.methods.baseline import BudgetedMethod, structural_tokens
+from ivcprune.methods.ivcp.ivc import ivc_sets
 
 
 class WithIVC(PruningMethod):
@@ -35,8 +36,8 @@ class WithIVC(PruningMethod):
         return f"WithIVC({self.method!r}, ivc_fraction={self.ivc_fraction!r})"
 
     @property
-    def needs_values(self) -> bool:
-        return self.method.needs_values
+    def captures(self) -> tuple[str, ...]:
+        return self.method.captures
 
     def label(self) -> str:
         return f"{self.method.label()}+ivc"
@@ -48,12 +49,12 @@ class WithIVC(PruningMethod):
         return self.method.resolve_layer(adapter)
 
     def attach_captures(self, runtime) -> list:
-        return getattr(self.method, "attach_captures", lambda rt: [])(runtime)
+        return self.method.attach_captures(runtime)
 
     def select_image(self, ctx: SampleContext, image: ImageRecord) -> None:
         a = image.start
         fraction = ctx.settings.ivc_fraction if self.ivc_fraction is None else self.ivc_fraction
-        ivc_cos, ivc_sin = ctx.adapter.ivc_sets(ctx, image, fraction)
+        ivc_cos, ivc_sin = ivc_sets(ctx, image, fraction, ctx.settings.ivc_fraction_by_role)
         ivc_cos, ivc_sin = ivc_cos.long().cpu(), ivc_sin.long().cpu()
         ivc = torch.cat([ivc_cos, ivc_sin]).unique()
         structural = structural_tokens(ctx, image)

@@ -1,6 +1,6 @@
 """Model-family adapters; importing this package registers the built-in ones."""
 
-from ivcprune.models.base import FamilyAdapter, FamilySettings, get_adapter, register_adapter
+from ivcprune.models.base import FamilyAdapter, TokenGroup, get_adapter, register_adapter
 from ivcprune.models import qwen2_vl  # noqa: F401
 from ivcprune.models import internvl, llava  # noqa: F401
 
@@ -20,4 +20,4 @@ def _lazy(target: str):
 # the DeepSeek-VL2 package pulls in its model, processor and PIL: import it only when such a model is pruned
 register_adapter("DeepseekVL2ForCausalLM")(_lazy("ivcprune.models.deepseek_vl2.adapter:DeepseekVL2Adapter"))
 
-__all__ = ["FamilyAdapter", "FamilySettings", "get_adapter", "register_adapter"]
+__all__ = ["FamilyAdapter", "TokenGroup", "get_adapter", "register_adapter"]

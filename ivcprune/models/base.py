@@ -1,33 +1,31 @@
-"""What the runtime needs to know about a model family, behind one small interface.
+"""What the runtime and the methods need to know about a model family, behind one small interface.
 
-A new family is one adapter subclass plus its settings: where the image tokens are, the decoder layers, the
-rotary inputs, where the values come from, and the family defaults of ALGORITHM §4.
+An adapter describes a model and nothing else (docs/ARCHITECTURE.md §3): its decoder layers, where the image tokens
+are and how each image is built (grids, tiles, thumbnail, global/local views, structural tokens), the positions and
+rotary frequencies, where the values come from and the cache layout. What to keep is decided by the methods
+(``ivcprune.methods``), which read this structure; no per-method setting lives here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from ivcprune.core.rope import ivc_scores, ivc_select
 from ivcprune.core.selection import ImageRecord
 
 
-@dataclass(frozen=True)
-class FamilySettings:
-    """Per-family IVC-Prune defaults (ALGORITHM §4.1)."""
+class TokenGroup(NamedTuple):
+    """A part of an image with its own 2-D layout (a tile, the thumbnail, a view, a row): span-relative indices.
 
-    family: str
-    policy: str  # "budget" | "union" | "thumb_budget" | "global_local"
-    retention: float = 0.5  # rho for budget policies
-    ivc_fraction: float = 0.10  # f_cos = f_sin per IVC group
-    seed_fraction: float = 0.01
-    query_offset: int = 2  # delta: queries start at E + delta
-    fg_fraction: float = 0.2  # UNION only
-    keys: str = "span"  # softmax keys of the affinity: "span" (image) or "prompt" (all valid prompt tokens)
-    default_layers: tuple[tuple[int, int], ...] = ()  # (num_layers, K) pairs of known checkpoints
+    ``role`` names what the part is ("tile", "thumbnail", "global", "local_row"), so a method can treat parts
+    differently (IVC-Prune's DeepSeek-VL2 rows use another IVC fraction than the global view).
+    """
+
+    role: str
+    indices: torch.Tensor
 
 
 @dataclass
@@ -40,9 +38,9 @@ class RequestInputs:
 
 
 class FamilyAdapter:
-    """Base adapter. Subclasses fill the family-specific hooks points."""
+    """Base adapter. Subclasses fill the family-specific hook points."""
 
-    settings: FamilySettings
+    family: str = "base"  # the project-wide family name (docs/ARCHITECTURE.md §2), e.g. "llava"
     positional_axes = 1  # A: 3 for M-RoPE, else 1
 
     def __init__(self, model: nn.Module):
@@ -97,13 +95,6 @@ class FamilyAdapter:
 
         return analytic_bytes_per_token(self.text_config, self.text_model.dtype)
 
-    def default_layer(self) -> int:
-        n = self.num_layers
-        for layers, k in self.settings.default_layers:
-            if layers == n:
-                return k
-        return max(1, n // 2)
-
     # --- per request -------------------------------------------------------------------------------------------
     def request_inputs(self, args: tuple, kwargs: dict) -> RequestInputs | None:
         """Read input ids, padding and image structure from the top-level forward call (None: cannot prune)."""
@@ -136,17 +127,18 @@ class FamilyAdapter:
     def complete_images(self, images: list[list[ImageRecord]], positions: torch.Tensor) -> None:
         """Fill what the request inputs did not reveal (e.g. a grid) once the position ids are known."""
 
-    def image_groups(self, image: ImageRecord) -> list[torch.Tensor] | None:
-        """IVC groups inside one image (span-relative); None = the whole span."""
+    def image_groups(self, image: ImageRecord) -> list[TokenGroup] | None:
+        """The parts of one image that each have their own 2-D layout (tiles, views, rows); None = one span."""
         return None
 
-    def ivc_sets(self, ctx, image: ImageRecord, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Span-relative (cos, sin) IVC sets of one image at f_cos = f_sin = ``fraction``, for the +IVC baselines.
+    def image_views(self, image: ImageRecord) -> dict[str, torch.Tensor]:
+        """Named span-relative views of one image: always "span"; tiled families add "thumbnail", two-view
+        families "global", "local" and "separator"."""
+        return {"span": torch.arange(image.length)}
 
-        Default: the top ``fraction`` by cos and by sin inside each of ``image_groups``. A family whose IVC
-        groups use several fractions (DeepSeek's local rows) overrides this.
-        """
-        return group_ivc_sets(ctx, image, self.image_groups(image), fraction)
+    def picture_cells(self, image: ImageRecord, view: str) -> torch.Tensor | None:
+        """View-relative cells of ``view`` that show the picture (not letterbox padding, not newlines); None = all."""
+        return None
 
     def structural_tokens(self, image: ImageRecord) -> torch.Tensor:
         """Span-relative tokens every baseline keeps and no budget counts (DeepSeek newlines, separator).
@@ -161,14 +153,6 @@ class FamilyAdapter:
         ``image_groups`` or the recorded grid, as it always did.
         """
         return None
-
-
-def group_ivc_sets(ctx, image: ImageRecord, groups: list[torch.Tensor] | None,
-                   fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin) span-relative IVC sets: per group the top ``fraction`` by cos and by sin (ALGORITHM F2-F3)."""
-    a = image.start
-    c, s = ivc_scores(ctx.positions[:, a:a + image.length].cpu(), ctx.inv_freq)
-    return ivc_select(c, s, groups, fraction, fraction)
 
 
 def token_runs(flags: torch.Tensor) -> list[tuple[int, int]]:

@@ -1,8 +1,8 @@
 """InternVL 2.5 / 3 adapter for the native ``InternVLForConditionalGeneration`` (``-hf`` checkpoints).
 
 An image is n tiles of T_t tokens (config.image_seq_length) between ``<img>`` and ``</img>``: with n > 1 the
-w_b x h_b crops in row-major order, then the thumbnail. IVC runs per tile (thumbnail included), the
-foreground on the thumbnail only, and THUMB-BUDGET maps it onto the tiles (ALGORITHM §2, §4.2).
+w_b x h_b crops in row-major order, then the thumbnail. The adapter describes the tiles (``image_groups``) and
+the thumbnail view; IVC-Prune's THUMB-BUDGET policy (``ivcprune.methods.ivcp``) decides what to keep.
 
 How the tiling (w_b, h_b) reaches the adapter: the caller passes ``image_sizes`` — the original (height,
 width) of every image, in prompt order over the batch — to ``forward``/``generate``. It is a parameter of the
@@ -15,23 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ivcprune.core import policies
-from ivcprune.core.foreground import foreground_scores
-from ivcprune.core.ranking import count
-from ivcprune.core.rope import ivc_scores, ivc_select
 from ivcprune.core.selection import ImageRecord
-from ivcprune.models.base import FamilyAdapter, FamilySettings, RequestInputs, register_adapter, token_runs
-
-INTERNVL_SETTINGS = FamilySettings(
-    family="internvl",
-    policy="thumb_budget",
-    retention=0.5,
-    ivc_fraction=0.10,
-    seed_fraction=0.01,
-    query_offset=2,
-    keys="prompt",
-    default_layers=((32, 16),),  # InternVL2.5-8B: K = 16; other depths floor(N_L / 2), untuned
-)
+from ivcprune.models.base import FamilyAdapter, RequestInputs, TokenGroup, register_adapter, token_runs
 
 MAX_TILES_SEARCHED = 64  # largest max_patches tried when the processor's limit is not known
 
@@ -66,7 +51,7 @@ def tile_grid(image_size, tiles: int, tile_px: int, max_tiles: int | None = None
 
 @register_adapter("InternVLForConditionalGeneration", "InternVLModel")
 class InternVLAdapter(FamilyAdapter):
-    settings = INTERNVL_SETTINGS
+    family = "internvl"
     max_tiles: int | None = None  # the processor's max_patches, when the caller knows it
 
     @property
@@ -106,39 +91,22 @@ class InternVLAdapter(FamilyAdapter):
             raise ValueError(f"image_sizes has {len(sizes)} rows for {cursor} images in the prompt")
         return spans
 
-    def image_groups(self, image: ImageRecord) -> list[torch.Tensor]:
-        """Each tile, the thumbnail included, is its own IVC group."""
+    def image_groups(self, image: ImageRecord) -> list[TokenGroup]:
+        """Each tile is its own grid: the crops ("tile"), then the thumbnail (a single-tile image is one)."""
         t = self.tile_tokens
-        return [torch.arange(i, i + t) for i in range(0, image.length, t)]
+        starts = range(0, image.length, t)
+        return [TokenGroup("thumbnail" if i + t >= image.length else "tile", torch.arange(i, i + t)) for i in starts]
 
-    def select_thumb_budget(self, ctx, image: ImageRecord, settings: FamilySettings) -> None:
-        """IVC per tile, seeds and F on the thumbnail, then THUMB-BUDGET (ALGORITHM §2 F7)."""
-        a, length, t = image.start, image.length, self.tile_tokens
+    def image_views(self, image: ImageRecord) -> dict[str, torch.Tensor]:
+        """The span and the thumbnail (the last tile). A multi-tile image needs its tiling (``image.grid``)."""
         if image.grid is None:
             raise ValueError(
-                f"InternVL image at index {a} has {length // t} tiles but its tiling (w_b, h_b) is unknown: pass "
-                "image_sizes=[(height, width), ...] of the original images to forward/generate"
+                f"InternVL image at index {image.start} has {image.length // self.tile_tokens} tiles but its tiling "
+                "(w_b, h_b) is unknown: pass image_sizes=[(height, width), ...] of the original images to "
+                "forward/generate"
             )
-        queries = ctx.queries(image, settings.query_offset)
-        cols = torch.arange(a, a + length)
-        if queries.numel() == 0 or ctx.values is None:
-            image.kept = cols.tolist()
-            return
-        c, s = ivc_scores(ctx.positions[:, a:a + length].cpu(), ctx.inv_freq)
-        ivc_cos, ivc_sin = ivc_select(c, s, self.image_groups(image), settings.ivc_fraction, settings.ivc_fraction)
-        ivc = torch.cat([ivc_cos, ivc_sin]).unique()
-        thumb0 = length - t
-        keys = cols if settings.keys == "span" else ctx.valid_positions()
-        n_seed = max(1, count(t, settings.seed_fraction))
-        seed_cols, fg = foreground_scores(ctx.values, queries, cols[thumb0:], keys, n_seed)
-        selected, foreground = policies.thumb_budget(
-            ivc[ivc >= thumb0] - thumb0, ivc[ivc < thumb0], seed_cols.cpu(), fg.cpu(), image.grid, settings.retention
-        )
-        image.kept = (selected + a).tolist()
-        image.ivc_cos = (ivc_cos + a).tolist()
-        image.ivc_sin = (ivc_sin + a).tolist()
-        image.seeds = sorted((seed_cols.cpu() + a + thumb0).tolist())
-        image.foreground = (foreground + a).tolist()
+        return {"span": torch.arange(image.length), "thumbnail": torch.arange(image.length - self.tile_tokens,
+                                                                              image.length)}
 
 
 def image_sizes(images) -> torch.Tensor:

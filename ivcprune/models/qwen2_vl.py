@@ -5,18 +5,7 @@ from __future__ import annotations
 import torch
 
 from ivcprune.core.selection import ImageRecord
-from ivcprune.models.base import FamilyAdapter, FamilySettings, RequestInputs, register_adapter, token_runs
-
-QWEN_SETTINGS = FamilySettings(
-    family="qwen2_vl",
-    policy="budget",
-    retention=0.5,
-    ivc_fraction=0.10,
-    seed_fraction=0.01,
-    query_offset=2,
-    keys="span",
-    default_layers=((28, 16), (36, 22)),  # 7B: K=16, 3B: K=22 (Qwen2-VL-7B: 16, untuned)
-)
+from ivcprune.models.base import FamilyAdapter, RequestInputs, register_adapter, token_runs
 
 
 def mrope_section(head_dim: int) -> list[int]:
@@ -31,8 +20,13 @@ def mrope_section(head_dim: int) -> list[int]:
 @register_adapter("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration",
                   "Qwen2_5_VLModel", "Qwen2VLModel")
 class QwenVLAdapter(FamilyAdapter):
-    settings = QWEN_SETTINGS
+    """Qwen2-VL and Qwen2.5-VL share one structure; ``family`` tells them apart ("qwen2_vl" / "qwen2_5_vl")."""
+
     positional_axes = 3
+
+    @property
+    def family(self) -> str:
+        return "qwen2_5_vl" if "Qwen2_5" in type(self.model).__name__ else "qwen2_vl"
 
     @property
     def _vl_model(self):

@@ -78,7 +78,7 @@ class PruneRuntime:
         reg(a.text_model.register_forward_hook(self._text_post_hook, with_kwargs=True))
         if self.method.needs_values:
             reg(a.value_module(k - 1).register_forward_hook(self._value_hook))
-        for handle in getattr(self.method, "attach_captures", lambda rt: [])(self):
+        for handle in self.method.attach_captures(self):
             reg(handle)
         reg(a.layers[k].register_forward_pre_hook(self._layer_k_pre_hook, with_kwargs=True))
         for layer in a.layers[k + 1:]:
@@ -276,12 +276,13 @@ class PruneRuntime:
                 raise RuntimeError("ivcprune: layer K-1 values were not captured during the prefill")
             values = self.adapter.value_heads(req.values)
         inv_freq = self.adapter.inv_freq()
+        settings = self.method.family_defaults(self.adapter)
         keeps = []
         for b, images in enumerate(req.images):
             valid = req.inputs.valid[b].cpu()
             ctx = SampleContext(
                 index=b, valid=valid, positions=req.positions[:, b].cpu(), images=images, inv_freq=inv_freq,
-                settings=self.adapter.settings, adapter=self.adapter,
+                settings=settings, adapter=self.adapter,
                 values=None if values is None else values[b], extras=req.extras,
             )
             for image in images:

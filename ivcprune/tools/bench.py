@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                         "default 1.0 on CUDA, 0.25 on CPU for the 7B shapes")
     p.add_argument("--image-tokens", type=int, help="image tokens of the synthetic prompt (Qwen: a square grid)")
     p.add_argument("--layer", type=int, help="K (default: the shape's K scaled to the depth)")
-    p.add_argument("--methods", default="ivcp,fastv,random,grid", help="comma list: ivcp, fastv, fastv+ivc, random, random+ivc, grid, grid+ivc")
+    p.add_argument("--methods", default="ivcp,fastv,random,grid", help="comma list of registered methods (ivcp list methods)")
     p.add_argument("--retention", default="0.5", help="comma list of retentions")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats per setting (>= 5 for reports)")
     p.add_argument("--warmup", type=int, default=1)

@@ -236,7 +236,7 @@ def load_bundle(args, device: torch.device, dtype: torch.dtype) -> Bundle:
             path, name = entry.checkpoint, args.model
         model = load_checkpoint(path, dtype, args.attn)
         n_layers = len(text_model(model).layers)
-        layer = args.layer or ivcprune.models.get_adapter(model).default_layer()
+        layer = args.layer or ivcprune.IVCPrune().resolve_layer(ivcprune.models.get_adapter(model))
         info = f"checkpoint {path}, {n_layers} layers"
         image_tokens = args.image_tokens or 1024
         if family_of(model) == "llava":  # fixed by the vision tower: one token per patch (CLS dropped)

@@ -225,7 +225,7 @@ def visualize(model, processor, image: Image.Image, prompt: str, method, image_i
     from ivcprune.testing import tiny_inputs
 
     adapter = ivcprune.models.get_adapter(model)
-    family = adapter.settings.family
+    family = adapter.family
     if family == "deepseek_vl2":  # its own processor: one user turn, <image> first, original sizes included
         inputs = processor(prompts=f"{processor.image_token}\n{prompt}", images=[image])
     else:
@@ -311,7 +311,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     src.add_argument("--checkpoint", help="local checkpoint folder (Qwen2/2.5-VL, LLaVA, InternVL -hf, DeepSeek-VL2)")
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--method", default="ivcp", help="ivcp, fastv, random, grid, each also with +ivc")
+    p.add_argument("--method", default="ivcp", help="a registered method (ivcp list methods), e.g. ivcp, fastv+ivc")
     p.add_argument("--layer", type=int, default=None, help="K (default: family default)")
     p.add_argument("--retention", type=float, default=None, help="image-token budget (default: family default)")
     p.add_argument("--out", default="kept_tokens.png")

@@ -1,9 +1,8 @@
-"""IVC-Prune adapter for ``DeepseekVL2ForCausalLM`` (GLOBAL-LOCAL policy, ALGORITHM §2, §4.1-§4.2).
+"""Adapter for ``DeepseekVL2ForCausalLM``: what a DeepSeek-VL2 image is (docs/DEEPSEEK_VL2.md).
 
 An image is [global 14x15 incl. newlines][separator][local (14 n_h) x (14 n_w + 1) incl. newlines] (global
-first in every release). IVC runs on the 210 global positions and on each local row; the foreground is scored
-on the global view only, with the 210 global positions as softmax keys and the letterbox-free global cells as
-seed candidates, and mapped onto the local tiles. Newlines and the separator are always kept.
+first in every release). The adapter names those views, the global cells that show the picture (not letterbox),
+the structural tokens (newlines, separator) and the grids; IVC-Prune's GLOBAL-LOCAL policy lives with the method.
 
 Values: MLA (small/base) -> the value slice of layer K-1's ``kv_b_proj`` output (its input is the normalised
 latent of the whole prompt at prefill); MHA (tiny) -> ``v_proj``. Positions are the 1-D prompt positions; the
@@ -16,25 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ivcprune.core import policies
-from ivcprune.core.foreground import foreground_scores
-from ivcprune.core.ranking import count
-from ivcprune.core.rope import ivc_scores, ivc_select
+from ivcprune.core.policies import local_rows
 from ivcprune.core.selection import ImageRecord
-from ivcprune.models.base import FamilyAdapter, FamilySettings, RequestInputs, register_adapter
-
-DEEPSEEK_SETTINGS = FamilySettings(
-    family="deepseek_vl2",
-    policy="global_local",
-    retention=0.5,  # fg budget of the global view: round(0.5 * 210) minus |IVC_g|; no overall budget
-    ivc_fraction=0.10,  # global view; local rows use ROW_IVC_FRACTION
-    seed_fraction=0.01,
-    query_offset=1,
-    keys="global",
-    # K / N_L = 17/27 (small, tuned by the paper); tiny and base keep that relative depth (untuned)
-    default_layers=((27, 17), (12, 8), (30, 19)),
-)
-ROW_IVC_FRACTION = 0.15  # f_cos = f_sin inside each local row: 2 / 4 / 6 / 9 tokens for n_w = 1 / 2 / 3 / 4
+from ivcprune.models.base import FamilyAdapter, RequestInputs, TokenGroup, register_adapter
 
 
 @dataclass
@@ -75,8 +58,7 @@ def valid_global_cells(size: tuple[int, int] | None, g: int = 14, canvas: int = 
 
 @register_adapter("DeepseekVL2ForCausalLM")
 class DeepseekVL2Adapter(FamilyAdapter):
-    settings = DEEPSEEK_SETTINGS
-    row_ivc_fraction = ROW_IVC_FRACTION
+    family = "deepseek_vl2"
 
     @property
     def text_model(self):
@@ -130,24 +112,20 @@ class DeepseekVL2Adapter(FamilyAdapter):
             spans.append(records)
         return spans
 
-    def image_groups(self, image: ImageRecord) -> list[torch.Tensor]:
-        """Span-relative IVC groups: the 210 global positions, then every local row (used by +IVC baselines)."""
+    def image_groups(self, image: ImageRecord) -> list[TokenGroup]:
+        """The g x (g+1) global view ("global"), then every row of the stitched local view ("local_row")."""
         span = image.layout
         g0, l0 = span.global_start - span.start, span.local_start - span.start
-        glob = torch.arange(g0, g0 + span.g * (span.g + 1))
-        return [glob] + [row + l0 for row in policies.local_rows(span.g, (span.n_w, span.n_h))]
+        glob = TokenGroup("global", torch.arange(g0, g0 + span.g * (span.g + 1)))
+        return [glob] + [TokenGroup("local_row", row + l0) for row in local_rows(span.g, (span.n_w, span.n_h))]
 
-    def ivc_sets(self, ctx, image: ImageRecord, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Span-relative (cos, sin) IVC sets: ``fraction`` on the global view, ROW_IVC_FRACTION per local row.
-
-        Shared by GLOBAL-LOCAL and the +IVC baselines (``fraction`` = the family's 0.10 unless overridden).
-        """
-        a, n = image.start, image.length
-        c, s = ivc_scores(ctx.positions[:, a:a + n].cpu(), ctx.inv_freq)
-        groups = self.image_groups(image)
-        g_cos, g_sin = ivc_select(c, s, groups[:1], fraction, fraction)
-        r_cos, r_sin = ivc_select(c, s, groups[1:], self.row_ivc_fraction, self.row_ivc_fraction)
-        return torch.cat([g_cos, r_cos]).unique(), torch.cat([g_sin, r_sin]).unique()
+    def image_views(self, image: ImageRecord) -> dict[str, torch.Tensor]:
+        """span, the global view (newlines included), the local view and the separator (span-relative)."""
+        span = image.layout
+        g0, l0 = span.global_start - span.start, span.local_start - span.start
+        n_local = span.g * span.n_h * (span.g * span.n_w + 1)
+        return {"span": torch.arange(image.length), "global": torch.arange(g0, g0 + span.g * (span.g + 1)),
+                "local": torch.arange(l0, l0 + n_local), "separator": torch.tensor([span.separator - span.start])}
 
     def structural_tokens(self, image: ImageRecord) -> torch.Tensor:
         """Span-relative newlines (global and local) and the separator: kept by every baseline, never counted."""
@@ -162,43 +140,13 @@ class DeepseekVL2Adapter(FamilyAdapter):
         local = torch.tensor([span.local_index(r, c) for r in range(rows) for c in range(cols)]) - span.start
         return [(glob, g, g), (local, rows, cols)]
 
-    def valid_cells(self, image: ImageRecord) -> torch.Tensor:
+    def picture_cells(self, image: ImageRecord, view: str) -> torch.Tensor | None:
+        """Global-view cells i*(g+1)+j that overlap the letterboxed picture (all real cells for a sliver)."""
+        if view != "global":
+            return None
         span, vis = image.layout, self.model.settings
         cell = vis.vision.patch_size * vis.projector.downsample_ratio
         valid = valid_global_cells(span.image_size, span.g, vis.vision.image_size, cell)
         if valid.numel() == 0:  # a degenerate sliver of an image: score every real cell
             valid = valid_global_cells(None, span.g, vis.vision.image_size, cell)
         return valid
-
-    # --- policy ------------------------------------------------------------------------------------------------
-    def select_global_local(self, ctx, image: ImageRecord, settings: FamilySettings) -> None:
-        """GLOBAL-LOCAL: IVC_g u fg_g u seeds u IVC_rows u map(fg_g u seeds) u newlines u separator."""
-        span = image.layout
-        a, n, g = image.start, image.length, span.g
-        queries = ctx.queries(image, settings.query_offset)
-        if queries.numel() == 0 or ctx.values is None:
-            image.kept = list(range(a, a + n))  # nothing to score against: leave the image unpruned
-            return
-        g0, l0 = span.global_start - a, span.local_start - a
-        ivc_cos, ivc_sin = self.ivc_sets(ctx, image, settings.ivc_fraction)
-        ivc = torch.cat([ivc_cos, ivc_sin]).unique()
-        n_global = g * (g + 1)
-        in_global = (ivc >= g0) & (ivc < g0 + n_global)
-        valid = self.valid_cells(image)
-        global_cols = torch.arange(span.global_start, span.global_start + n_global)
-        n_seed = max(1, count(valid.numel(), settings.seed_fraction))  # correction 4: never 0 seeds
-        seeds, fg_scores = foreground_scores(ctx.values, queries, global_cols, global_cols, n_seed,
-                                             seed_candidates=valid)
-        seeds = seeds.cpu()
-        global_sel, local_sel, fg = policies.global_local(
-            ivc[in_global] - g0, ivc[~in_global] - l0, seeds, fg_scores.cpu(), valid, g, (span.n_w, span.n_h),
-            settings.retention,
-        )
-        kept = torch.cat([global_sel + span.global_start, local_sel + span.local_start,
-                          torch.tensor([span.separator])])
-        image.kept = kept.unique().tolist()
-        image.ivc_cos = (ivc_cos + a).tolist()
-        image.ivc_sin = (ivc_sin + a).tolist()
-        image.seeds = sorted((seeds + span.global_start).tolist())
-        mapped = policies.global_to_local(fg, g, (span.n_w, span.n_h)) + span.local_start
-        image.foreground = sorted((fg + span.global_start).tolist() + mapped.tolist())
