@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Drop-in for the official `convert_to_tsv.py`: same flags, rows byte-identical (HARNESS.md §3).
+"""Drop-in for the official `convert_to_tsv.py`: same flags, rows byte-identical (docs/HARNESS.md §3).
 
 Thin wrapper around `ivcprune.tools.convert` (also available as `ivcp convert`).
 """

@@ -1,5 +1,5 @@
 # Shared by scripts/test_ivcp_*.sh (sourced, not run). Mirrors the official scripts: a MODELS x DATASETS loop that
-# calls the runner once per pair, so one failing pair never stops the next (HARNESS §11).
+# calls the runner once per pair, so one failing pair never stops the next (docs/HARNESS.md §11).
 #
 # Environment: LMUData (default ~/LMUData, read by the runner), the family's *_PATH variable (read by the runner
 # through the registry), WORK_DIR (default ./outputs), MODELS and DATASETS (space-separated overrides),

@@ -1,4 +1,4 @@
-"""Family-independent helpers for the runtime invariant matrix (ALGORITHM §7).
+"""Family-independent helpers for the runtime invariant matrix (docs/ALGORITHM.md §7).
 
 Each family contributes a ``Case`` (how to load its tiny model, build prompts, and compute the prompt embeddings
 and position ids for the oracle); the tests in test_runtime_*.py run the same checks on every case.

@@ -1,4 +1,4 @@
-"""Converter (HARNESS.md §3): byte contract, naming modes, collisions, skips and warnings."""
+"""Converter (docs/HARNESS.md §3): byte contract, naming modes, collisions, skips and warnings."""
 
 import io
 import json

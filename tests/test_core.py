@@ -1,4 +1,4 @@
-"""Unit tests of the pure core on hand-made tensors (ALGORITHM §2-§3, §5 counts)."""
+"""Unit tests of the pure core on hand-made tensors (docs/ALGORITHM.md §2-§3, §5 counts)."""
 
 import math
 

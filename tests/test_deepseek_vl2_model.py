@@ -1,4 +1,4 @@
-"""DeepSeek-VL2 on stock transformers: offline invariants of DEEPSEEK_VL2.md §8 on tiny random checkpoints."""
+"""DeepSeek-VL2 on stock transformers: offline invariants of docs/DEEPSEEK_VL2.md §8 on tiny random checkpoints."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ EXPECTED_TOKENS = {
     (2688, 384): 1597, (384, 3072): 1891, (3072, 384): 1793, (768, 1536): 1835, (1536, 768): 1807,
     (384, 3456): 2101, (3456, 384): 1989, (1152, 1152): 2017,
 }
-# DEEPSEEK_VL2.md §5 test vectors: original size -> chosen canvas -> image tokens.
+# docs/DEEPSEEK_VL2.md §5 test vectors: original size -> chosen canvas -> image tokens.
 SECTION5 = [
     ((384, 384), (384, 384), 421), ((385, 384), (768, 384), 617), ((640, 480), (768, 768), 1023),
     ((1024, 768), (1152, 768), 1415), ((1920, 1080), (1536, 768), 1807), ((500, 1000), (768, 1152), 1429),

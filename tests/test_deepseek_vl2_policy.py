@@ -1,4 +1,4 @@
-"""GLOBAL-LOCAL pieces of the DeepSeek-VL2 policy with hand-computed index sets (ALGORITHM §2 F7, §4.2)."""
+"""GLOBAL-LOCAL pieces of the DeepSeek-VL2 policy with hand-computed index sets (docs/ALGORITHM.md §2 F7, §4.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The embedded default and the test_ivcp_*.sh scripts (HARNESS §11)."""
+"""The embedded default and the test_ivcp_*.sh scripts (docs/HARNESS.md §11)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Grounding (HARNESS.md §5): prompts, per-family parsers and mappings, IoU, scoring files, frame guard."""
+"""Grounding (docs/HARNESS.md §5): prompts, per-family parsers and mappings, IoU, scoring files, frame guard."""
 
 import base64
 import csv

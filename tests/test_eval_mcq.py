@@ -1,4 +1,4 @@
-"""Multiple choice (HARNESS.md §6.1-6.3): prompt styles, rule extractor, judge hand-off, CircularEval."""
+"""Multiple choice (docs/HARNESS.md §6.1-6.3): prompt styles, rule extractor, judge hand-off, CircularEval."""
 
 import base64
 import csv

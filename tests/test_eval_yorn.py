@@ -1,4 +1,4 @@
-"""Yes/No benchmarks (HARNESS.md §6.4): extraction, prompts, MME / POPE / HallusionBench on hand tables."""
+"""Yes/No benchmarks (docs/HARNESS.md §6.4): extraction, prompts, MME / POPE / HallusionBench on hand tables."""
 
 import base64
 import csv

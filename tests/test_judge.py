@@ -1,4 +1,4 @@
-"""Judge tests (HARNESS.md §7, §13, §14) against a real chat-completions server on 127.0.0.1."""
+"""Judge tests (docs/HARNESS.md §7, §13, §14) against a real chat-completions server on 127.0.0.1."""
 from __future__ import annotations
 
 import json

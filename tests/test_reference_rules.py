@@ -1,4 +1,4 @@
-"""Qwen2.5-VL reference-exact rule set (ALGORITHM §5): worked examples A and B on hand-built prompts, checked
+"""Qwen2.5-VL reference-exact rule set (docs/ALGORITHM.md §5): worked examples A and B on hand-built prompts, checked
 against an independent, loop-by-loop transcription of rules R1-R8 (float64, ties to the lower index)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model registry: official names, baselines, aliases, checkpoint precedence, errors (HARNESS §8)."""
+"""Model registry: official names, baselines, aliases, checkpoint precedence, errors (docs/HARNESS.md §8)."""
 
 from __future__ import annotations
 

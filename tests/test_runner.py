@@ -1,4 +1,4 @@
-"""Runner with the scripted Model: layout, resume, errors, fingerprints, locks (HARNESS §9, §13, §14)."""
+"""Runner with the scripted Model: layout, resume, errors, fingerprints, locks (docs/HARNESS.md §9, §13, §14)."""
 
 from __future__ import annotations
 

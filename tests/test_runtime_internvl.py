@@ -1,4 +1,5 @@
-"""Runtime invariants of ALGORITHM §7 for InternVL (native -hf layout) on a tiny random checkpoint (eager, sdpa).
+"""Runtime invariants of docs/ALGORITHM.md §7 for InternVL (native -hf layout) on a tiny random checkpoint
+(eager, sdpa).
 
 The tiny processor cuts 112-px tiles of 16 tokens, at most 6 plus a thumbnail: a 112x84 image is a 3x2 canvas
 (7 tiles, 112 tokens), a 112x112 image a single tile. The tiling reaches the adapter through ``image_sizes``.

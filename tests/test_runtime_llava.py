@@ -1,4 +1,4 @@
-"""Runtime invariants of ALGORITHM §7 for LLaVA-1.5 on a tiny random checkpoint (eager and sdpa).
+"""Runtime invariants of docs/ALGORITHM.md §7 for LLaVA-1.5 on a tiny random checkpoint (eager and sdpa).
 
 LLaVA's default policy is UNION (no budget): ``IVCPrune(layer=K)`` keeps top-20 % F u seeds u IVC. A retention in
 (0, 1) switches to BUDGET(rho) with the same IVC sets and seeds; 1.0 is the exact no-op.

@@ -1,4 +1,5 @@
-"""Runtime invariants of ALGORITHM §7 for Qwen2.5-VL and Qwen2-VL on tiny random checkpoints (eager and sdpa)."""
+"""Runtime invariants of docs/ALGORITHM.md §7 for Qwen2.5-VL and Qwen2-VL on tiny random checkpoints
+(eager and sdpa)."""
 
 from __future__ import annotations
 

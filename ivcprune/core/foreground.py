@@ -1,4 +1,4 @@
-"""Prompt-aware foreground scoring with value vectors (ALGORITHM §2 F4-F6).
+"""Prompt-aware foreground scoring with value vectors (docs/ALGORITHM.md §2 F4-F6).
 
 Values carry no RoPE, so text-to-image value similarity has no distance bias (q.k attention favours nearby and
 late tokens). Stage 1 picks seeds from the text rows; stage 2 lets text and seed rows re-score every image token.

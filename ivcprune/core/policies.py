@@ -1,4 +1,4 @@
-"""Selection policies (ALGORITHM §2 F7): turn IVC sets, seeds and the foreground score into kept image tokens.
+"""Selection policies (docs/ALGORITHM.md §2 F7): turn IVC sets, seeds and the foreground score into kept image tokens.
 
 All inputs and outputs are span-relative index tensors; results are sorted and deduplicated.
 """
@@ -52,7 +52,7 @@ def _difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def upsample_thumbnail(cells: torch.Tensor, side: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Map thumbnail cells onto the tiled full grid (ALGORITHM §4.2; InternVL).
+    """Map thumbnail cells onto the tiled full grid (docs/ALGORITHM.md §4.2; InternVL).
 
     cells: thumbnail-relative indices r*side + c of a side x side thumbnail; grid: (w_b, h_b) tiles.
     Cell (r, c) covers full-grid rows r*h_b + dy (dy < h_b) and columns c*w_b + dx (dx < w_b); full-grid cell
@@ -80,7 +80,8 @@ def thumb_budget(
     grid: tuple[int, int],
     retention: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """THUMB-BUDGET(rho) (InternVL, ALGORITHM §2 F7): foreground chosen on the thumbnail, mapped onto the tiles.
+    """THUMB-BUDGET(rho) (InternVL, docs/ALGORITHM.md §2 F7): foreground chosen on the thumbnail, mapped onto
+    the tiles.
 
     ivc_thumb, seeds: thumbnail-relative; scores: F over the T_t thumbnail tokens; ivc_tiles: span-relative
     (tiles before the thumbnail). grid = (w_b, h_b); n = w_b*h_b + 1 tiles, or 1 tile (grid (1, 1)) that acts
@@ -114,7 +115,7 @@ def thumb_budget(
     return selected, foreground[torch.isin(foreground, selected)]
 
 
-# --- GLOBAL-LOCAL (DeepSeek-VL2, ALGORITHM §2 F7 and §4.2) ------------------------------------------------------
+# --- GLOBAL-LOCAL (DeepSeek-VL2, docs/ALGORITHM.md §2 F7 and §4.2) -----------------------------------------------
 # Indices are relative to their own view: global cell (i, j) is i*(g+1) + j (j == g is the row's newline), local
 # cell (r, c) of the stitched tiles is r*W + c with W = g*n_w + 1 (c == g*n_w is the newline). The caller adds the
 # view offsets and the separator, so the same functions serve either view order.
@@ -130,7 +131,7 @@ def local_rows(g: int, grid: tuple[int, int]) -> list[torch.Tensor]:
 def global_to_local(cells: torch.Tensor, g: int, grid: tuple[int, int]) -> torch.Tensor:
     """Global cell (i, j) -> local rows [i*n_h, (i+1)*n_h) x columns [j*n_w, (j+1)*n_w) (sorted, unique).
 
-    The map ignores that the two views are letterboxed differently (kept for parity, ALGORITHM §4.3).
+    The map ignores that the two views are letterboxed differently (kept for parity, docs/ALGORITHM.md §4.3).
     """
     n_w, n_h = grid
     cells = _union(cells)

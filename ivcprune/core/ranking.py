@@ -1,4 +1,4 @@
-"""Deterministic ranking and counting rules shared by every scorer (ALGORITHM §3).
+"""Deterministic ranking and counting rules shared by every scorer (docs/ALGORITHM.md §3).
 
 Raw ``torch.topk`` has an unspecified tie order that differs between devices, so every "top k" in the project
 goes through :func:`top_k`: a stable descending sort, ties to the lower index.

@@ -1,4 +1,4 @@
-"""IVC scores from RoPE position ids and inverse frequencies (ALGORITHM §2 F2-F3).
+"""IVC scores from RoPE position ids and inverse frequencies (docs/ALGORITHM.md §2 F2-F3).
 
 The scores depend only on positions and frequencies, never on content: V(m) = mean_j cos(m w_j) finds keys whose
 rotation is close to the identity ("real-axis" references), U(m) = mean_j sin(m w_j) those close to 90 degrees.

@@ -1,7 +1,7 @@
 """torchrun support: rank discovery, gloo barriers with a timeout that names missing ranks, and shared-disk checks.
 
 The harness exchanges no tensors, only small Python objects and barriers, so it always uses a gloo group and
-is testable on CPU with ``torchrun --nproc-per-node 2`` (HARNESS §9).
+is testable on CPU with ``torchrun --nproc-per-node 2`` (docs/HARNESS.md §9).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Efficiency summary ``<model>_<dataset>_efficiency.json`` from the per-row stats (HARNESS §10).
+"""Efficiency summary ``<model>_<dataset>_efficiency.json`` from the per-row stats (docs/HARNESS.md §10).
 
 The stats travel with each record, so a resumed run summarises every session that contributed rows.
 """

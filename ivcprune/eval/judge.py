@@ -1,4 +1,4 @@
-"""Optional LLM judge for MCQ and Y/N outputs the rules cannot resolve (HARNESS.md §7).
+"""Optional LLM judge for MCQ and Y/N outputs the rules cannot resolve (docs/HARNESS.md §7).
 
 The judge talks to an OpenAI-compatible chat-completions endpoint through the
 official ``openai`` client, imported lazily so the package works without it.

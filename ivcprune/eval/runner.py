@@ -1,4 +1,4 @@
-"""``ivcp run``: sharded, resumable inference and evaluation over models x datasets (HARNESS §9, §13).
+"""``ivcp run``: sharded, resumable inference and evaluation over models x datasets (docs/HARNESS.md §9, §13).
 
 Every finished row is appended to a per-rank part file before the next one starts, so a run can be killed at
 any point and resumed under any world size; rank 0 merges the parts into the VLMEvalKit-style files.

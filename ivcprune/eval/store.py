@@ -1,4 +1,4 @@
-"""Result storage: append-only part files, atomic final files and per-pair locks (HARNESS §9).
+"""Result storage: append-only part files, atomic final files and per-pair locks (docs/HARNESS.md §9).
 
 Part files are the only state a run keeps while it works, so a ``kill -9`` can lose at most the row in
 flight; final files are always written to a temporary name and renamed, so a reader never sees half a file.

@@ -1,4 +1,4 @@
-"""MDETR RefCOCO annotations -> VLMEvalKit grounding TSV (HARNESS.md §3).
+"""MDETR RefCOCO annotations -> VLMEvalKit grounding TSV (docs/HARNESS.md §3).
 
 Rows are byte-identical to the official converter's: csv.writer with a tab delimiter (CRLF,
 minimal quoting), raw image bytes in base64, numbers printed with str().  What we add is

@@ -1,4 +1,4 @@
-"""Benchmarks: name registry, prompt building and scoring (HARNESS.md §4-§6)."""
+"""Benchmarks: name registry, prompt building and scoring (docs/HARNESS.md §4-§6)."""
 
 from ..tsv import BadImage, DataError
 from .base import Dataset, ScoreReport

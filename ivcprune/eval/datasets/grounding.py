@@ -1,4 +1,4 @@
-"""RefCOCO/+/g grounding (HARNESS.md §5): per-family prompts, parsers, frame mappings and IoU scoring.
+"""RefCOCO/+/g grounding (docs/HARNESS.md §5): per-family prompts, parsers, frame mappings and IoU scoring.
 
 Conventions are explicit per family and never guessed from coordinate magnitudes, except when
 reading a foreign predictions file that has no `raw_prediction` (the official <= 1.1 rule).

@@ -1,4 +1,4 @@
-"""Multiple choice (HARNESS.md §6.1-6.3): prompt styles, the rule extractor, CircularEval, score table.
+"""Multiple choice (docs/HARNESS.md §6.1-6.3): prompt styles, the rule extractor, CircularEval, score table.
 
 An item the rules cannot resolve goes to the judge when one is active; otherwise it is counted
 wrong and flagged.  It is never given a random letter.

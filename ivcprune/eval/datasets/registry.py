@@ -1,4 +1,4 @@
-"""Dataset names (HARNESS.md §4) -> dataset class; loading with `--limit` and `--image-mode`."""
+"""Dataset names (docs/HARNESS.md §4) -> dataset class; loading with `--limit` and `--image-mode`."""
 
 from __future__ import annotations
 

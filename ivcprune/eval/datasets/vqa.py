@@ -1,4 +1,4 @@
-"""Open-answer VQA (HARNESS.md §6.5): TextVQA (VQA score), ChartQA (relaxed accuracy), DocVQA (ANLS)
+"""Open-answer VQA (docs/HARNESS.md §6.5): TextVQA (VQA score), ChartQA (relaxed accuracy), DocVQA (ANLS)
 and OCRBench (substring hits).  Exact matching only; no judge is involved.
 """
 

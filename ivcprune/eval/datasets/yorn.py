@@ -1,4 +1,4 @@
-"""Yes/No benchmarks (HARNESS.md §6.1, §6.4): prompts, the VLMEvalKit extraction rule and the
+"""Yes/No benchmarks (docs/HARNESS.md §6.1, §6.4): prompts, the VLMEvalKit extraction rule and the
 MME, POPE and HallusionBench scores.  `Unknown` rows go to the judge when one is active.
 """
 

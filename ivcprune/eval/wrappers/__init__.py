@@ -1,4 +1,4 @@
-"""Per-family chat wrappers implementing the harness Model interface (HARNESS §1).
+"""Per-family chat wrappers implementing the harness Model interface (docs/HARNESS.md §1).
 
 ``load_model(entry, device)`` picks the wrapper by the entry's family. A family whose wrapper module does not
 exist yet fails with a clear "not supported yet" message; a registry entry may also name its own loader as

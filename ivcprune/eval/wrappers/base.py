@@ -1,5 +1,5 @@
 """The harness Model every family wrapper shares: loading from a registry entry, greedy generation under
-``ivcprune.prune``, prefill/decode timing and the per-row statistics of HARNESS §1.
+``ivcprune.prune``, prefill/decode timing and the per-row statistics of docs/HARNESS.md §1.
 
 A family wrapper says only what differs: the model and processor classes, how prompt parts become inputs,
 how the answer is decoded, and the frame its vision encoder sees (``input_size``).

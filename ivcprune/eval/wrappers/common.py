@@ -9,7 +9,7 @@ _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float
 
 
 def resolve_dtype(name, device: str):
-    """Registry dtype -> torch dtype; CPU always runs float32 (HARNESS §8), ``auto`` is bf16 on CUDA."""
+    """Registry dtype -> torch dtype; CPU always runs float32 (docs/HARNESS.md §8), ``auto`` is bf16 on CUDA."""
     import torch
 
     if not str(device).startswith(("cuda", "auto")) or not torch.cuda.is_available():
@@ -44,7 +44,7 @@ class GenTimer:
     """A generate() streamer that timestamps the first new token: prefill = call -> first-token logits.
 
     ``put`` is called once with the prompt, then once per new token; CUDA is synchronised only at the first
-    token and at the end, so decoding stays asynchronous in between (HARNESS §10).
+    token and at the end, so decoding stays asynchronous in between (docs/HARNESS.md §10).
     """
 
     def __init__(self, device):

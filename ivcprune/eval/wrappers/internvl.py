@@ -1,6 +1,6 @@
 """InternVL 2.5 / 3 chat wrapper (native ``-hf`` checkpoints).
 
-Prompt (HARNESS §8): the checkpoint's internvl2_5 chat template with ``<image>\\n`` + text, images first.
+Prompt (docs/HARNESS.md §8): the checkpoint's internvl2_5 chat template with ``<image>\\n`` + text, images first.
 Tiles: the registry's ``max_tiles`` (default 6) plus a thumbnail, cut by the PIL GotOcr2 processor. The
 original image sizes go to ``generate`` as ``image_sizes`` so the pruning adapter can recover each image's
 tiling with the processor's own canvas routine (see ``ivcprune.models.internvl``).

@@ -1,8 +1,8 @@
 """LLaVA-1.5 chat wrapper (llava-hf checkpoints).
 
-Prompt (HARNESS §8): ``<system> USER:  <image> {text} ASSISTANT: ``, built as a string exactly as the official
+Prompt (docs/HARNESS.md §8): ``<system> USER:  <image> {text} ASSISTANT: ``, built as a string exactly as the official
 (VLMEvalKit) wrapper does. Images are padded to a centred square in the image-mean colour before the processor,
-LLaVA-1.5's "pad" aspect mode: grounding boxes are read in that padded frame (HARNESS §5), and the same
+LLaVA-1.5's "pad" aspect mode: grounding boxes are read in that padded frame (docs/HARNESS.md §5), and the same
 input keeps general VQA faithful to LLaVA-1.5's own evaluation (the processor would centre-crop instead).
 """
 

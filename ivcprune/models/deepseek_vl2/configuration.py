@@ -78,7 +78,7 @@ PROJECTOR_DEFAULTS: dict[str, Any] = {
     "token_pooling": False,
 }
 
-# Which transformers class family runs the language model (see DEEPSEEK_VL2.md §6).
+# Which transformers class family runs the language model (see docs/DEEPSEEK_VL2.md §6).
 LM_KIND_MHA = "mha"  # tiny: DeepseekOcr2TextModel (Llama-style MHA + softmax MoE)
 LM_KIND_V2 = "v2"  # small: DeepseekV2ForCausalLM (MLA + softmax greedy MoE)
 LM_KIND_V3 = "v3"  # base: DeepseekV3ForCausalLM (MLA + sigmoid noaux_tc MoE)

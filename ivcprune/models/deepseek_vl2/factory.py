@@ -1,4 +1,4 @@
-"""Tiny random DeepSeek-VL2 checkpoints in the official layout (DEEPSEEK_VL2.md §8), for offline tests.
+"""Tiny random DeepSeek-VL2 checkpoints in the official layout (docs/DEEPSEEK_VL2.md §8), for offline tests.
 
 ``make_tiny_deepseek_vl2(folder, flavour)`` writes ``config.json`` in the official schema (language
 config with fields deliberately left out, so the official-default fill is exercised), bf16 sharded

@@ -1,4 +1,4 @@
-"""Where each image's tokens sit in the sequence (DEEPSEEK_VL2.md §4), for the model and for pruning.
+"""Where each image's tokens sit in the sequence (docs/DEEPSEEK_VL2.md §4), for the model and for pruning.
 
 One image with local tiling (tw across, th down) and g = 14 tokens per tile side becomes
 ``[global g x (g+1) incl. newline column] [separator] [local (g*th) x (g*tw+1) incl. newline column]``

@@ -1,6 +1,6 @@
 """DeepSeek-VL2 processor: best tiling, letter-boxed global/local views, ``<image>`` expansion, chat format.
 
-Reproduces the official ``DeepseekVLV2Processor`` inference path (DEEPSEEK_VL2.md §5): each prompt
+Reproduces the official ``DeepseekVLV2Processor`` inference path (docs/DEEPSEEK_VL2.md §5): each prompt
 piece between ``<image>`` placeholders is encoded separately without special tokens, each image
 becomes N(tw, th) ``<image>`` ids, one BOS leads, no EOS trails, and batches are left-padded.
 """
@@ -53,7 +53,7 @@ def user_turn_text(content: str) -> str:
 
 
 def grounding_prompt(expression: str) -> str:
-    """HARNESS §5 referring-expression prompt (the image goes first, then this text)."""
+    """docs/HARNESS.md §5 referring-expression prompt (the image goes first, then this text)."""
     return f"{IMAGE_TOKEN}\nLocate <|ref|>{expression}<|/ref|> in the given image."
 
 
