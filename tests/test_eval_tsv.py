@@ -43,19 +43,21 @@ def test_index_str_when_not_all_ints(tmp_path):
     assert list(read_tsv("H", root=tmp_path).rows["index"]) == ["a_0_1_2_3", "7"]
 
 
-def test_drop_rows_without_image_and_limit(tmp_path):
+def test_rows_without_image_are_kept_as_misses_and_limit(tmp_path):
     img = b64_png()
     write_tsv(tmp_path / "D.tsv", [["index", "image", "question"], [1, img, "a"], [2, "", "b"], [3, img, "c"],
                                    [4, img, "d"]])
     data = read_tsv("D", root=tmp_path)
-    assert data.n_dropped == 1 and list(data.rows["index"]) == [1, 3, 4]
-    assert list(read_tsv("D", root=tmp_path, limit=2).rows["index"]) == [1, 3]
+    assert data.n_dropped == 0 and list(data.rows["index"]) == [1, 2, 3, 4]  # never dropped from the denominator
+    with pytest.raises(BadImage, match="row 2 has an empty image cell"):
+        load_image(data.rows.iloc[1], data)
+    assert list(read_tsv("D", root=tmp_path, limit=2).rows["index"]) == [1, 2]
     with pytest.raises(DataError, match="no rows"):
         read_tsv("D", root=tmp_path, limit=0)
 
 
-def test_all_rows_dropped_is_no_rows(tmp_path):
-    write_tsv(tmp_path / "E.tsv", [["index", "image", "question"], [1, "", "a"]])
+def test_header_only_is_no_rows(tmp_path):
+    write_tsv(tmp_path / "E.tsv", [["index", "image", "question"]])
     with pytest.raises(DataError, match="no rows"):
         read_tsv("E", root=tmp_path)
 

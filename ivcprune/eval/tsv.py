@@ -69,7 +69,8 @@ def tsv_path(name: str, root: Path | None = None) -> Path:
 
 @dataclass
 class TSVData:
-    """A loaded TSV: `rows` keeps file order after dropping image-less rows and applying `limit`."""
+    """A loaded TSV: `rows` keeps every record in file order (rows without an image are counted misses, never
+    dropped), cut to the first `limit` rows."""
 
     name: str
     path: Path
@@ -91,7 +92,7 @@ def _bad_rows(df: pd.DataFrame, mask) -> str:
     return _listing(f"row {i + 1} (index {df['index'].iat[i]})" for i in rows)
 
 
-def _read_frame(path: Path) -> pd.DataFrame:
+def _read_frame(path: Path, scan=None) -> pd.DataFrame:
     try:
         return pd.read_csv(path, sep="\t", header=0, encoding="utf-8", dtype=str,
                            keep_default_na=False, na_filter=False)
@@ -102,7 +103,11 @@ def _read_frame(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: empty file, no header row") from exc
     except (pd.errors.ParserError, ValueError, csv.Error) as exc:
-        raise DataError(f"{path}: broken TSV quoting or layout: {exc}") from exc
+        where = ""
+        if scan is not None and scan.last_odd_quote is not None and "EOF inside string" in str(exc):
+            line, idx = scan.last_odd_quote
+            where = f" (the quote opened on line {line}, index {idx}, is never closed)"
+        raise DataError(f"{path}: broken TSV quoting or layout: {exc}{where}") from exc
 
 
 def parse_numbers(text: str) -> list[float]:
@@ -162,16 +167,17 @@ def read_tsv(name: str, *, root: Path | None = None, path: Path | None = None, g
     """Read and validate `<root>/NAME.tsv` (or `path`); raises DataError on any load problem."""
     root = (lmudata_root() if root is None else Path(root).absolute())
     path = tsv_path(name, root) if path is None else Path(path)
-    df = _read_frame(path)
+    from .integrity import check_quoting, check_rows, scan_lines  # integrity imports DataError from here
+
+    scan = scan_lines(path)  # encoding errors and short/long rows, named by line
+    df = _read_frame(path, scan)
+    check_rows(df, path, scan)  # rows merged by an unescaped quote, named by the line where it opens
+    check_quoting(path, scan)  # stray quotes pandas would silently drop, named by line
     if "index" in df.columns:
         df["index"] = convert_index(df["index"])
     _validate(df, path, grounding)
     image_by_index = dict(zip(map(str, df["index"]), df["image"])) if "image" in df.columns else {}
-    has_image = df["image"] != "" if "image" in df.columns else pd.Series(False, index=df.index)
-    has_path = df["image_path"] != "" if "image_path" in df.columns else pd.Series(False, index=df.index)
-    keep = has_image | has_path
-    n_dropped = int((~keep).sum())
-    df = df[keep]
+    n_dropped = 0  # a row without an image is a counted miss (BadImage at inference), never dropped
     if limit is not None:
         df = df.iloc[: max(int(limit), 0)]
     df = df.reset_index(drop=True)
@@ -179,7 +185,7 @@ def read_tsv(name: str, *, root: Path | None = None, path: Path | None = None, g
         if col in df.columns and grounding:
             df[col] = [_to_number(v) for v in df[col]]
     if len(df) == 0:
-        why = f"--limit {limit}" if limit is not None and limit <= 0 else f"{n_dropped} rows dropped for lack of an image"
+        why = f"--limit {limit}" if limit is not None and limit <= 0 else "the file holds a header only"
         raise DataError(f"dataset {name}: no rows ({path}; {why})")
     return TSVData(name=name, path=path, root=root, rows=df, n_dropped=n_dropped, image_by_index=image_by_index)
 
@@ -272,5 +278,5 @@ def load_image(row, data: TSVData, image_mode: str = "vlmeval") -> Image.Image:
             raise BadImage(f"bad image: cannot read {path} ({exc})") from exc
         img = _open(raw, str(path))
     else:
-        raise BadImage(f"bad image: row {idx} has neither image nor image_path")
+        raise BadImage(f"bad image: row {idx} has an empty image cell and no image_path (counted as a miss)")
     return img if img.mode == "RGB" else img.convert("RGB")
