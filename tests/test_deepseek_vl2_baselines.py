@@ -1,5 +1,6 @@
-"""Baselines on DeepSeek-VL2 (ALGORITHM §9, §4.2): newlines and the separator are kept and not counted, the budget is
-round(rho * countable), and the uniform grid samples the global g x g view and the local (g n_h) x (g n_w) view.
+"""Baselines on DeepSeek-VL2 (docs/ALGORITHM.md §9, §4.2): newlines and the separator are kept and not counted, the
+budget is round(rho * countable), and the uniform grid samples the global g x g view and the local
+(g n_h) x (g n_w) view.
 
 Hand-made layouts first (real g = 14 and a small g = 4 case written out), then the tiny checkpoint end to end.
 """

@@ -1,4 +1,4 @@
-"""TSV reading and image decoding (HARNESS.md §2, §13)."""
+"""TSV reading and image decoding (docs/HARNESS.md §2, §13)."""
 
 import base64
 import csv

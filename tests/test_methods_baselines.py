@@ -1,4 +1,5 @@
-"""Baselines of ALGORITHM §9 (FastV, random, uniform grid, X + IVC): hand-made tensors, then through the runtime."""
+"""Baselines of docs/ALGORITHM.md §9 (FastV, random, uniform grid, X + IVC): hand-made tensors, then through the
+runtime."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Runtime invariants of ALGORITHM §7 for DeepSeek-VL2 (tiny MHA and small MLA flavours; eager and sdpa).
+"""Runtime invariants of docs/ALGORITHM.md §7 for DeepSeek-VL2 (tiny MHA and small MLA flavours; eager and sdpa).
 
 DeepSeek-VL2 has its own ``generate`` (no HF scores), so per-step logits and the cache are read with hooks on
 the top-level model, and the oracle runs the decoder layers by hand with the model's own rotary module (a

@@ -1,7 +1,7 @@
 """The selection record: what one pruned prefill kept, and the accounting every report reads.
 
 One record flows from the runtime to the harness, the benchmark and the visualizer; nothing downstream
-recomputes what it says (ARCHITECTURE rule 4).
+recomputes what it says (docs/ARCHITECTURE.md §7, rule 4).
 """
 
 from __future__ import annotations

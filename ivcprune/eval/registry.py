@@ -1,4 +1,4 @@
-"""Model registry: names -> family, checkpoint and settings, read from YAML data (HARNESS §8).
+"""Model registry: names -> family, checkpoint and settings, read from YAML data (docs/HARNESS.md §8).
 
 The YAML files live in the ``registry/`` data folder next to this module (no ``__init__.py`` there, so the
 folder never shadows this module). Adding a model means adding YAML (``--model-config`` or

@@ -1,4 +1,4 @@
-"""VLMEvalKit-style TSV reading and image decoding (HARNESS.md §2, §13).
+"""VLMEvalKit-style TSV reading and image decoding (docs/HARNESS.md §2, §13).
 
 Load problems (missing file, broken quoting, duplicate index, ...) raise `DataError`: the whole
 (model, dataset) pair fails.  Problems with one row's image raise `BadImage` only when that image is

@@ -1,4 +1,5 @@
-"""Shared shape of the baselines (ALGORITHM §9): same K, per-image budget k_i = round(rho L_i), only the ranking differs.
+"""Shared shape of the baselines (docs/ALGORITHM.md §9): same K, per-image budget k_i = round(rho L_i), only the
+ranking differs.
 
 L_i counts the image's *countable* tokens: the span minus the adapter's ``structural_tokens`` (DeepSeek's newlines
 and separator; none for the other families). Structural tokens are always kept, never ranked and never counted.

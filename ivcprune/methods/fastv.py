@@ -1,4 +1,4 @@
-"""FastV baseline: keep the image tokens that receive the most attention at layer K-1 (ALGORITHM §9).
+"""FastV baseline: keep the image tokens that receive the most attention at layer K-1 (docs/ALGORITHM.md §9).
 
 a[j] = mean_{r in R} mean_h softmax_k(q_{r,h} . k_{k,h} / sqrt(D))[j] over the valid keys k <= r, in float32, from
 the post-RoPE (and post q/k-norm) queries and keys of layer K-1. They are captured by wrapping the attention

@@ -1,4 +1,4 @@
-"""Uniform-grid baseline: a spatially even subsample of every image grid (ALGORITHM §9).
+"""Uniform-grid baseline: a spatially even subsample of every image grid (docs/ALGORITHM.md §9).
 
 even(n, m) = {floor((i + 1/2) n / m) : i < m}. The lattice even(H, h') x even(W, w') with h' = round(H sqrt(rho)) and
 w' = round(k / h') is then adjusted to exactly k tokens by dropping or adding tokens at evenly spread raster ranks.

@@ -1,4 +1,4 @@
-"""Random baseline: k_i image tokens drawn uniformly without replacement (ALGORITHM §9).
+"""Random baseline: k_i image tokens drawn uniformly without replacement (docs/ALGORITHM.md §9).
 
 The generator is a CPU ``torch.Generator`` seeded from (seed, sample index, image index), so the draw does not
 depend on the device, the backend or the other images of the batch.

@@ -1,4 +1,4 @@
-"""X + IVC: the family's IVC tokens first, then baseline X fills the same budget (ALGORITHM §9).
+"""X + IVC: the family's IVC tokens first, then baseline X fills the same budget (docs/ALGORITHM.md §9).
 
 Isolates what the implicit visual coordinates add to any ranking: sel = IVC u the first max(0, k - |IVC|) tokens
 of X outside IVC (sel = IVC when |IVC| >= k).

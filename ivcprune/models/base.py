@@ -156,7 +156,8 @@ class FamilyAdapter:
 
 
 def token_runs(flags: torch.Tensor) -> list[tuple[int, int]]:
-    """Maximal runs of True as (start, length): the image spans of ALGORITHM F1 before any per-image split."""
+    """Maximal runs of True as (start, length): the image spans of docs/ALGORITHM.md §2 F1 before any per-image
+    split."""
     idx = torch.nonzero(flags, as_tuple=False).flatten().tolist()
     runs: list[tuple[int, int]] = []
     for i in idx:

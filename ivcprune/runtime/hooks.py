@@ -1,4 +1,4 @@
-"""Forward hooks that apply a selection to a running, unmodified transformers model (ALGORITHM §6).
+"""Forward hooks that apply a selection to a running, unmodified transformers model (docs/ALGORITHM.md §6).
 
 H1 top-level pre-hook: starts a request at prefill; at decode, maps the 2-D mask and position ids onto the
    compact cache. H2 text-model pre-hook: records the position ids. H3 value capture at layer K-1.

@@ -1,4 +1,5 @@
-"""`ivcp bench`: prefill/decode latency, peak memory, KV bytes and FLOPs, pruned against unpruned (ALGORITHM §8).
+"""`ivcp bench`: prefill/decode latency, peak memory, KV bytes and FLOPs, pruned against unpruned
+(docs/ALGORITHM.md §8).
 
 Every setting runs in one process, interleaved (unpruned, method 1, method 2, ... rotated each repeat) after a
 warm-up, and reports medians and ratios to the unpruned run: on a shared, noisy machine only side-by-side

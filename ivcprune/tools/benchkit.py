@@ -263,7 +263,7 @@ def flop_model(model) -> dict:
 
 
 def prefill_flops(fm: dict, s: int, p: int, k: int, pruned: bool = True) -> dict:
-    """Ideal prefill FLOPs N_L f(S) and K f(S) + (N_L - K) f(P) (ALGORITHM §8)."""
+    """Ideal prefill FLOPs N_L f(S) and K f(S) + (N_L - K) f(P) (docs/ALGORITHM.md §8)."""
     def f(n):
         return fm["c1"] * n + fm["c2"] * n * n
 

@@ -98,7 +98,8 @@ def layout(image: Image.Image, record: ImageRecord, family: str, tile_tokens: in
 
 
 def _internvl_panels(image: Image.Image, record: ImageRecord, tokens: list[int], t: int) -> list[Panel]:
-    """Tiles 0..n-2 cover a w_b x h_b canvas in row-major order, the last tile is the thumbnail (ALGORITHM §4.2)."""
+    """Tiles 0..n-2 cover a w_b x h_b canvas in row-major order, the last tile is the thumbnail
+    (docs/ALGORITHM.md §4.2)."""
     g = math.isqrt(t)
     n = record.length // t
     thumb = _grid_panel("thumbnail", image, g, g, tokens[(n - 1) * t:])

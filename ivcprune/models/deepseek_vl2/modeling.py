@@ -43,7 +43,7 @@ def _as_dtype(value, fallback: str) -> torch.dtype:
 
 
 class DeepseekVL2ForCausalLM(nn.Module):
-    """DeepSeek-VL2 (tiny/small/base) over stock transformers 5.23; see DEEPSEEK_VL2.md."""
+    """DeepSeek-VL2 (tiny/small/base) over stock transformers 5.23; see docs/DEEPSEEK_VL2.md."""
 
     def __init__(self, settings: DeepseekVL2Settings):
         super().__init__()
