@@ -11,7 +11,8 @@ COMMANDS = {
     "convert": ("ivcprune.tools.convert", "cli_main", "convert MDETR RefCOCO annotations to TSV"),
     "bench": ("ivcprune.tools.bench", "cli_main", "prefill/decode latency, memory, KV bytes, FLOPs"),
     "visualize": ("ivcprune.tools.visualize", "cli_main", "PNG of the kept tokens over an image"),
-    "demo": ("ivcprune.tools.demo", "cli_main", "run the embedded demo offline (tiny random Qwen2.5-VL + synthetic RefCOCO)"),
+    "demo": ("ivcprune.tools.demo", "cli_main", "run the embedded demo offline (pocket Qwen2.5-VL + synthetic RefCOCO)"),
+    "pocket": ("ivcprune.pocket", "cli_main", "pocket grounding model: 'ivcp pocket train' (re)trains it on a CPU"),
 }
 
 

@@ -99,18 +99,24 @@ def write_mdetr_source(src: Path, n: int = 24, seed: int = 0) -> Path:
     return ann_file
 
 
-def build_demo_lmudata(root: Path, n: int = 24, seed: int = 0) -> dict:
-    """Write the synthetic split under `root` and convert it in both modes; returns what was made."""
+def convert_both(ann_file: Path, images_folder: Path, root: Path) -> dict[str, Path]:
+    """Convert one MDETR annotation file with our converter, standard and ``--qwen25``: {TSV stem: path}."""
     from ..tools.convert import convert
 
+    tsv = {}
+    for qwen25 in (False, True):
+        rep = convert([ann_file], images_folder, root, qwen25=qwen25, quiet=True)[0]
+        if rep.error or rep.skipped:
+            raise RuntimeError(f"conversion of {ann_file} failed: {rep.error or rep.skipped[:3]}")
+        tsv[rep.output.stem] = rep.output
+    return tsv
+
+
+def build_demo_lmudata(root: Path, n: int = 24, seed: int = 0) -> dict:
+    """Write the synthetic split under `root` and convert it in both modes; returns what was made."""
     root = Path(root)
     src = root / SOURCE_DIR
     ann_file = write_mdetr_source(src, n=n, seed=seed)
-    tsv = {}
-    for qwen25 in (False, True):
-        rep = convert([ann_file], src / "train2014", root, qwen25=qwen25, quiet=True)[0]
-        if rep.error or rep.skipped:
-            raise RuntimeError(f"demo conversion failed: {rep.error or rep.skipped[:3]}")
-        tsv[rep.output.stem] = rep.output
+    tsv = convert_both(ann_file, src / "train2014", root)
     return {"root": root, "datasets": list(tsv), "tsv": tsv, "annotations": ann_file,
             "images_folder": src / "train2014", "n_rows": n, "n_photos": len(list((src / "train2014").iterdir()))}

@@ -3,7 +3,7 @@
 from ivcprune.methods.base import PruningMethod, SampleContext
 from ivcprune.methods.registry import make_method, method_names, method_specs, register_method, variant_suffixes
 from ivcprune.methods.ivcp import IVCPrune
-from ivcprune.methods import fastv, random, grid  # noqa: F401,E402  (registration)
+from ivcprune.methods import fastv, random, grid, ivc_removed  # noqa: F401,E402  (registration)
 
 __all__ = ["PruningMethod", "SampleContext", "IVCPrune", "make_method", "method_names", "method_specs",
            "register_method", "variant_suffixes"]
