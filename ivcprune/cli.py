@@ -6,7 +6,9 @@ import importlib
 import sys
 
 COMMANDS = {
-    "run": ("ivcprune.eval.runner", "cli_main", "evaluate models on datasets (VLMEvalKit-compatible)"),
+    "run": ("ivcprune.eval.commands", "run", "evaluate models on datasets (VLMEvalKit-compatible); --method or a "
+            "retention list runs a sweep"),
+    "sweep": ("ivcprune.eval.sweep", "cli_main", "accuracy versus retention per method: table and plot"),
     "list": ("ivcprune.eval.registry", "cli_main", "list registered models or datasets"),
     "convert": ("ivcprune.tools.convert", "cli_main", "convert MDETR RefCOCO annotations to TSV"),
     "bench": ("ivcprune.tools.bench", "cli_main", "prefill/decode latency, memory, KV bytes, FLOPs"),

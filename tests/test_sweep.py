@@ -43,7 +43,7 @@ def test_plan_uses_registry_variants_and_runner_calls(tmp_path):
 
 
 def test_bad_lists_are_usage_errors(tmp_path, capsys):
-    assert sweep.cli_main(["--model", MODEL, "--data", DATASET, "--method", "pdrop", "--retention", "0.5",
+    assert sweep.cli_main(["--model", MODEL, "--data", DATASET, "--method", "nosuch", "--retention", "0.5",
                            "--work-dir", str(tmp_path)]) == 2
     assert sweep.cli_main(["--model", "nope", "--data", DATASET, "--retention", "0.5,1", "--work-dir",
                            str(tmp_path)]) == 2
@@ -61,10 +61,10 @@ def test_sweep_runs_the_tiny_demo_and_writes_table_and_plot(tmp_path, monkeypatc
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        from ivcprune.eval import runner
+        from ivcprune.eval import commands
 
         # through `ivcp run`, as users call it: --method / a retention list dispatch to the sweep
-        rc = runner.cli_main(["--model", MODEL, "--data", DATASET, "--method", "ivcp,grid", "--retention", "0.5,1.0",
+        rc = commands.run(["--model", MODEL, "--data", DATASET, "--method", "ivcp,grid", "--retention", "0.5,1.0",
                              "--layer", "2", "--work-dir", str(tmp_path / "out"), "--model-path", str(ckpt),
                              "--set", "generation.max_new_tokens=4", "--warmup", "0"])
     finally:

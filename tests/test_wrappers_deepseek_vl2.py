@@ -41,7 +41,7 @@ def test_prompt_is_one_user_turn_image_then_text(baseline):
     text = baseline.processor.decode(ids[~mask])
     assert text.startswith("<｜begin▁of▁sentence｜><|User|>: \nLocate <|ref|>the dog<|/ref|> in the given image.")
     assert text.endswith("\n\n<|Assistant|>:")
-    assert int(mask.sum()) == 421 and inputs["image_sizes"][0, 0].tolist() == [96, 64]
+    assert int(mask.sum()) == 421 and inputs["image_sizes"][0, 0].tolist() == [64, 96]  # (height, width)
 
 
 def test_generate_stats_and_greedy(baseline):

@@ -47,7 +47,7 @@ def wants_sweep(argv: list[str]) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ivcp run (sweep)", add_help=False)
+    ap = argparse.ArgumentParser(prog="ivcp sweep", add_help=False)
     ap.add_argument("--model", nargs="+", required=True)
     ap.add_argument("--data", nargs="+", required=True)
     ap.add_argument("--method", default="ivcp", help=f"comma list of {', '.join(method_names())}")

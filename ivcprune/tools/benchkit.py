@@ -172,17 +172,14 @@ def build_inputs(model, image_tokens: int, seed: int = 0) -> dict:
 
 
 def load_checkpoint(path: str, dtype: torch.dtype, attn: str):
-    from transformers import AutoConfig
+    from ivcprune.models.loading import checkpoint_model_type, load_vl_model
 
-    import transformers as tf
-
-    cfg = AutoConfig.from_pretrained(path)
-    classes = {"qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration, "qwen2_vl": tf.Qwen2VLForConditionalGeneration,
-               "llava": tf.LlavaForConditionalGeneration}
-    if cfg.model_type not in classes:
-        raise SystemExit(f"ivcp bench: checkpoint model_type {cfg.model_type!r} is not supported by the bench "
-                         f"(supported: {sorted(classes)})")
-    return classes[cfg.model_type].from_pretrained(path, dtype=dtype, attn_implementation=attn).eval()
+    supported = ("qwen2_5_vl", "qwen2_vl", "llava")  # the families build_inputs can prompt
+    model_type = checkpoint_model_type(path)
+    if model_type not in supported:
+        raise SystemExit(f"ivcp bench: checkpoint model_type {model_type!r} is not supported by the bench "
+                         f"(supported: {sorted(supported)})")
+    return load_vl_model(path, dtype=dtype, attn=attn)
 
 
 # --------------------------------------------------------------------------------------------- bundle

@@ -269,7 +269,6 @@ def visualize(model, processor, image: Image.Image, prompt: str, method, image_i
 
 
 def _load(args):
-    import transformers as tf
 
     from ivcprune.testing import load_processor
 
@@ -279,30 +278,17 @@ def _load(args):
 
         entry = resolve(args.model)
         path, family = entry.checkpoint, entry.family
-    if family == "deepseek_vl2" or _config_model_type(path) == "deepseek_vl_v2":
-        # transformers has no class (nor AutoConfig) for it: the project's own model and processor
-        from ivcprune.models.deepseek_vl2 import DeepseekVL2ForCausalLM, DeepseekVL2Processor
+    from ivcprune.models.loading import checkpoint_model_type, load_vl_model
 
-        model = DeepseekVL2ForCausalLM.from_pretrained(path, torch_dtype=torch.float32, attn_implementation="sdpa")
-        return model.eval(), DeepseekVL2Processor.from_pretrained(path)
-    cfg = tf.AutoConfig.from_pretrained(path)
-    classes = {"qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration, "qwen2_vl": tf.Qwen2VLForConditionalGeneration,
-               "llava": tf.LlavaForConditionalGeneration, "internvl": tf.InternVLForConditionalGeneration}
-    if cfg.model_type not in classes:
-        raise SystemExit(f"ivcp visualize: unsupported model_type {cfg.model_type!r} (supported: {sorted(classes)})")
-    model = classes[cfg.model_type].from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    try:
+        model = load_vl_model(path, dtype=torch.float32, attn="sdpa")
+    except ValueError as err:
+        raise SystemExit(f"ivcp visualize: {err}") from None
+    if family == "deepseek_vl2" or checkpoint_model_type(path) == "deepseek_vl_v2":
+        from ivcprune.models.deepseek_vl2 import DeepseekVL2Processor  # the project's own processor
+
+        return model, DeepseekVL2Processor.from_pretrained(path)
     return model, load_processor(path)
-
-
-def _config_model_type(path) -> str | None:
-    """model_type from a local folder's config.json, read directly: AutoConfig rejects DeepSeek-VL2's."""
-    import json
-    from pathlib import Path
-
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return None
-    return json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
 
 
 def cli_main(argv: list[str] | None = None) -> int:

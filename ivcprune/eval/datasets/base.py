@@ -14,9 +14,8 @@ from typing import Any
 import pandas as pd
 
 from .. import store
+from ..families import get_family
 from ..tsv import BadImage, DataError, TSVData, convert_index, load_image  # noqa: F401  (re-exported)
-
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "internvl", "deepseek_vl2", "llava")
 
 
 def cell(row, col: str) -> str:
@@ -29,8 +28,8 @@ def cell(row, col: str) -> str:
 
 
 def check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+    """A ValueError naming the known families when ``family`` is none of them."""
+    get_family(family)
 
 
 @dataclass

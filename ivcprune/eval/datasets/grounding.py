@@ -6,32 +6,15 @@ reading a foreign predictions file that has no `raw_prediction` (the official <=
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..families import family_names, get_family
+from ..families.qwen2_5_vl import resized_frame as qwen25_frame
 from ..tsv import parse_numbers
-from .base import Dataset, ScoreReport, cell, check_family, row_error
-
-QWEN25_SUFFIX = "_for_qwen25vl"
-PATCH = 28
-DEFAULT_BOX_SCALE = {"deepseek_vl2": 999}
-
-PROMPTS = {
-    "qwen2_5_vl": "\nLocate {expr} and output the bbox coordinates in JSON format.",
-    "qwen2_vl": "\n<|object_ref_start|>Detect {expr}<|object_ref_end|>",
-    "internvl": "Please provide the bounding box coordinate of the region this sentence describes: <ref>{expr}</ref>",
-    "deepseek_vl2": "Locate <|ref|>{expr}<|/ref|> in the given image.",
-    "llava": "Please provide the bounding box coordinate of the region this sentence describes: {expr}",
-}
-
-_QWEN25_RE = re.compile(r'"bbox_2d":\s*\[(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\]')
-_QWEN2_RE = re.compile(r"\((\d+),(\d+)\),\((\d+),(\d+)\)")
-# earliest '[' (one extra '[' allowed), then three commas and ']' on the same line ('.' excludes \n)
-_LIST_RE = re.compile(r"\[\[?(.*?),(.*?),(.*?),(.*?)\]")
+from .base import Dataset, ScoreReport, cell, row_error
 
 
 class FrameError(ValueError):
@@ -40,50 +23,17 @@ class FrameError(ValueError):
 
 def grounding_text(expr: str, family: str) -> str:
     """The text part of a grounding prompt; `expr` is the `question` cell verbatim."""
-    check_family(family)
-    return PROMPTS[family].format(expr=expr.lower() if family == "qwen2_vl" else expr)
-
-
-def _floats(fields) -> list[float] | None:
-    try:
-        values = [float(f) for f in fields]
-    except ValueError:
-        return None
-    return values if all(math.isfinite(v) for v in values) else None
+    return get_family(family).grounding_text(expr)
 
 
 def parse_box(text: str, family: str) -> list[float] | None:
     """The first box in the model's own frame, or None; accepts what the official parsers accept."""
-    check_family(family)
-    text = str(text)
-    if family == "qwen2_5_vl":
-        m = _QWEN25_RE.search(text)
-        return [float(v) for v in m.groups()] if m else None
-    if family == "qwen2_vl":
-        m = _QWEN2_RE.search(text)
-        return [float(v) for v in m.groups()] if m else None
-    if family == "deepseek_vl2":
-        text = text.rstrip()
-        text = text[:-1] if text.endswith(".") else text
-    m = _LIST_RE.search(text)
-    return _floats(m.groups()) if m else None
+    return get_family(family).parse_box(text)
 
 
 def to_gt_frame(box, family: str, width, height, box_scale: float | None = None) -> list[float]:
     """Map a parsed box into the GT frame of a W x H image (§5 table)."""
-    x1, y1, x2, y2 = box
-    if family == "qwen2_5_vl":
-        return [x1, y1, x2, y2]
-    if family in ("qwen2_vl", "internvl"):
-        return [x1 * width / 1000, y1 * height / 1000, x2 * width / 1000, y2 * height / 1000]
-    if family == "deepseek_vl2":
-        s = box_scale or DEFAULT_BOX_SCALE["deepseek_vl2"]
-        return [x1 * width / s, y1 * height / s, x2 * width / s, y2 * height / s]
-    if family == "llava":
-        side = max(width, height)
-        dx, dy = (side - width) // 2, (side - height) // 2
-        return [x1 * side - dx, y1 * side - dy, x2 * side - dx, y2 * side - dy]
-    raise ValueError(f"unknown family {family!r}")
+    return get_family(family).to_gt_frame(box, width, height, box_scale)
 
 
 def parse_and_map(text: str, family: str, width, height, box_scale: float | None = None) -> list[float] | None:
@@ -118,26 +68,24 @@ def iou(pred, gt) -> float:
     return float(ov / max(union, 1e-6))
 
 
-def qwen25_frame(width, height, patch: int = PATCH) -> tuple[int, int]:
-    return round(width / patch) * patch, round(height / patch) * patch
-
-
-def frame_mismatch(input_size, width, height, patch: int = PATCH) -> bool:
+def frame_mismatch(input_size, width, height) -> bool:
     """True when `Model.input_size(W, H)` is not the `_for_qwen25vl` GT frame (min/max pixels moved it)."""
-    return tuple(int(v) for v in input_size) != qwen25_frame(width, height, patch)
+    return get_family("qwen2_5_vl").frame_mismatch(input_size, width, height)
 
 
 def check_frame(dataset_name: str, family: str, force_frame: bool = False) -> None:
-    """qwen2_5_vl needs `_for_qwen25vl` GT and every other family the standard GT."""
-    qwen_split = dataset_name.endswith(QWEN25_SUFFIX)
-    if (family == "qwen2_5_vl") == qwen_split or force_frame:
+    """A family that answers in its resized frame needs its resized-frame GT split, every other the standard GT."""
+    suffix = get_family(family).resized_frame_suffix
+    resized_splits = [f.resized_frame_suffix for f in map(get_family, family_names()) if f.resized_frame_suffix]
+    split = next((s for s in resized_splits if dataset_name.endswith(s)), "")
+    if split == suffix or force_frame:
         return
-    if qwen_split:
-        why = f"{dataset_name} holds boxes in the Qwen2.5-VL resized frame, but family {family} is scored in the original frame"
-        fix = dataset_name[: -len(QWEN25_SUFFIX)]
+    if split:
+        why = f"{dataset_name} holds boxes in a resized frame ({split}), but family {family} is scored in the original frame"
+        fix = dataset_name[: -len(split)] + suffix
     else:
-        why = f"family qwen2_5_vl answers in its resized frame, but {dataset_name} holds original-frame boxes"
-        fix = dataset_name + QWEN25_SUFFIX
+        why = f"family {family} answers in its resized frame, but {dataset_name} holds original-frame boxes"
+        fix = dataset_name + suffix
     raise FrameError(f"{why}; use {fix} or pass --force-frame")
 
 
@@ -155,8 +103,9 @@ class GroundingDataset(Dataset):
         """`prediction` as the official wrappers store it, `raw_prediction`, and the frame check."""
         box = parse_and_map(text, family, row["width"], row["height"], box_scale)
         out = {"prediction": format_box(box), "raw_prediction": text}
-        if family == "qwen2_5_vl" and input_size is not None:
-            out["ivcp_frame_mismatch"] = int(frame_mismatch(input_size, row["width"], row["height"]))
+        fam = get_family(family)
+        if fam.resized_frame_suffix and input_size is not None:
+            out["ivcp_frame_mismatch"] = int(fam.frame_mismatch(input_size, row["width"], row["height"]))
         return out
 
     def _score(self, merged: pd.DataFrame, judge, pred_file: Path, meta: dict) -> ScoreReport:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import Dataset, ScoreReport, cell, check_family, judge_record, row_error
+from ..families import get_family
+from .base import Dataset, ScoreReport, cell, judge_record, row_error
 
 LETTERS = string.ascii_uppercase
 REFUSALS = (
@@ -24,8 +25,6 @@ REFUSALS = (
 )
 _SPLIT_CHARS = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
 _CJK = re.compile("[\u4e00-\u9fff]")
-STYLES = {"deepseek_vl2": "vlmeval", "qwen2_vl": "qwen", "qwen2_5_vl": "qwen", "internvl": "internvl",
-          "llava": "internvl"}
 MMBENCH_L2 = {
     "coarse_perception": "CP",
     "finegrained_perception (instance-level)": "FP-S",
@@ -38,8 +37,7 @@ CIRCULAR_BASE = 1_000_000
 
 
 def prompt_style(family: str) -> str:
-    check_family(family)
-    return STYLES[family]
+    return get_family(family).mcq_style
 
 
 def options_of(row) -> dict[str, str]:

@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import Dataset, ScoreReport, cell, check_family, row_error
+from ..families import get_family
+from .base import Dataset, ScoreReport, cell, row_error
 from .yorn import strip_punctuation
 
-SUFFIX = {"qwen2_vl": "\nPlease try to answer the question with short words or phrases if possible.",
-          "qwen2_5_vl": "\nPlease try to answer the question with short words or phrases if possible.",
-          "internvl": "\nAnswer the question using a single word or phrase."}
 NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 NUMBERS["none"] = "0"
 ARTICLES = {"a", "an", "the"}
@@ -125,8 +123,7 @@ def ocr_hit(prediction: str, answers: list[str], category: str) -> bool:
 
 
 def vqa_text(row, family: str) -> str:
-    check_family(family)
-    return cell(row, "question") + SUFFIX.get(family, "")
+    return cell(row, "question") + get_family(family).vqa_suffix
 
 
 class VQADataset(Dataset):

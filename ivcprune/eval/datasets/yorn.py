@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import DataError, Dataset, ScoreReport, cell, check_family, judge_record, row_error
+from ..families import get_family
+from .base import DataError, Dataset, ScoreReport, cell, judge_record, row_error
 
 PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _COMMA_DIGITS = re.compile(r"(\d)(,)(\d)")
@@ -21,8 +22,6 @@ MME_GROUPS = {
                    "posters", "scene"],
     "reasoning": ["code_reasoning", "commonsense_reasoning", "numerical_calculation", "text_translation"],
 }
-YES_NO_SUFFIX = " Please answer yes or no."
-SHORT_SUFFIX = " Answer the question using a single word or phrase."
 
 
 def strip_punctuation(text: str) -> str:
@@ -50,18 +49,10 @@ def extract_yorn(text: str) -> str:
 
 def yorn_text(row, family: str, dataset_name: str) -> str:
     """The Y/N prompt text per family style (§6.1)."""
-    check_family(family)
-    q = cell(row, "question")
+    fam = get_family(family)
     kind = "POPE" if "POPE" in dataset_name else "Hallusion" if "Hallusion" in dataset_name else \
         "MME" if "MME" in dataset_name else "other"
-    if family in ("qwen2_vl", "qwen2_5_vl") and kind in ("POPE", "Hallusion"):
-        return q + YES_NO_SUFFIX
-    if family == "internvl":
-        if kind == "MME":
-            return q + SHORT_SUFFIX
-        if kind == "Hallusion":
-            return q + YES_NO_SUFFIX + SHORT_SUFFIX
-    return q
+    return cell(row, "question") + fam.yorn_suffix(kind)
 
 
 def _pct(values) -> float:

@@ -1,6 +1,7 @@
 """Per-family chat wrappers implementing the harness Model interface (docs/HARNESS.md §1).
 
-``load_model(entry, device)`` picks the wrapper by the entry's family. A family whose wrapper module does not
+``load_model(entry, device)`` takes the wrapper the entry's family object names (``ivcprune.eval.families``). A
+family whose wrapper module does not
 exist yet fails with a clear "not supported yet" message; a registry entry may also name its own loader as
 ``loader: module:function`` (custom models, and the scripted fake model of the tests).
 """
@@ -10,13 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-FAMILIES = {
-    "qwen2_5_vl": "ivcprune.eval.wrappers.qwen:load",
-    "qwen2_vl": "ivcprune.eval.wrappers.qwen:load",
-    "llava": "ivcprune.eval.wrappers.llava:load",
-    "internvl": "ivcprune.eval.wrappers.internvl:load",
-    "deepseek_vl2": "ivcprune.eval.wrappers.deepseek_vl2:load",
-}
+from ivcprune.eval.families import family_names, get_family
 
 
 class NotSupportedYet(RuntimeError):
@@ -26,9 +21,9 @@ class NotSupportedYet(RuntimeError):
 def _target(family: str, loader: str | None) -> str:
     if loader:
         return loader
-    if family not in FAMILIES:
-        raise NotSupportedYet(f"model family {family!r} is not supported (known: {sorted(FAMILIES)})")
-    return FAMILIES[family]
+    if family not in family_names():
+        raise NotSupportedYet(f"model family {family!r} is not supported (known: {sorted(family_names())})")
+    return get_family(family).wrapper
 
 
 def family_status(family: str, loader: str | None = None) -> tuple[bool, str]:
@@ -50,6 +45,6 @@ def load_model(entry, device: str = "cpu"):
     if not ok:
         raise NotSupportedYet(f"{entry.registry_name}: model family {entry.family!r} is not supported yet in this "
                               f"version of ivcprune (no wrapper {target or 'registered'}). Registered families with a "
-                              f"wrapper: {sorted(f for f in FAMILIES if family_status(f)[0])}")
+                              f"wrapper: {sorted(f for f in family_names() if family_status(f)[0])}")
     module_name, func = target.split(":", 1)
     return getattr(importlib.import_module(module_name), func)(entry, device=device)

@@ -64,15 +64,11 @@ class VLWrapper:
         return resolve_attn(name, device)
 
     def load_model(self, path, dtype, attn, device, revision):
-        import transformers as tf
+        from ivcprune.models.loading import load_vl_model
 
-        kwargs = {"dtype": dtype, "attn_implementation": attn}
-        if revision:
-            kwargs["revision"] = revision
-        if device == "auto":
-            kwargs["device_map"] = "auto"
-        model = getattr(tf, self.model_class_name()).from_pretrained(path, **kwargs).eval()
-        return model if device == "auto" else model.to(device)
+        auto = device == "auto"
+        return load_vl_model(path, dtype=dtype, attn=attn, class_name=self.model_class_name(), revision=revision,
+                             device=None if auto else device, device_map="auto" if auto else None)
 
     def model_class_name(self) -> str:
         return self.model_class
@@ -119,8 +115,11 @@ class VLWrapper:
 
         from ivcprune import prune
 
+        from ivcprune.eval.preflight import check_prompt_length
+
         inputs = self.build_inputs(parts)
         prompt_len = int(inputs["input_ids"].shape[1])
+        check_prompt_length(self.model, prompt_len, self.max_new_tokens)  # too long: a counted miss, not run
         image_tokens = self.count_image_tokens(inputs)
         timer = GenTimer(self.device)
         ctx = prune(self.model, self.method) if self.method is not None else contextlib.nullcontext()

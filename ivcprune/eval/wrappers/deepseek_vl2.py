@@ -32,11 +32,10 @@ class DeepseekVL2Wrapper(VLWrapper):
         name = str(name or "auto")
         return "sdpa" if name == "auto" else name  # pinned: the MLA head dims (192 q/k, 128 v) suit sdpa/eager
 
-    def load_model(self, path, dtype, attn, device, revision):
-        from ivcprune.models.deepseek_vl2 import DeepseekVL2ForCausalLM
+    def model_class_name(self) -> str:
+        from ivcprune.models.loading import MODEL_CLASSES
 
-        return DeepseekVL2ForCausalLM.from_pretrained(path, torch_dtype=dtype, attn_implementation=attn,
-                                                      device=device, revision=revision)
+        return MODEL_CLASSES["deepseek_vl_v2"]
 
     def load_processor(self, path, revision):
         from ivcprune.models.deepseek_vl2 import DeepseekVL2Processor

@@ -28,7 +28,8 @@ class ImageSpan:
     n_h: int
     g: int = TOKENS_PER_SIDE
     global_first: bool = True
-    image_size: tuple[int, int] | None = None  # original (width, height) in pixels, when known
+    image_size: tuple[int, int] | None = None  # original (width, height) in pixels, when known (PIL's order;
+    # the image_sizes kwarg it is read from holds (height, width) rows)
 
     @property
     def length(self) -> int:
@@ -95,7 +96,7 @@ def image_spans(
                 raise ValueError(f"sample {b} image {k}: crop ({tw},{th}) but no <image> positions left")
             size = None
             if image_sizes is not None:
-                w, h = image_sizes[b, k].tolist()
+                h, w = image_sizes[b, k].tolist()  # (height, width) rows, the project-wide order
                 size = (int(w), int(h)) if w and h else None
             span = ImageSpan(positions[cursor], int(tw), int(th), g, global_first, size)
             run = positions[cursor : cursor + span.length]

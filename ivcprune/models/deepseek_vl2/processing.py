@@ -207,7 +207,7 @@ class DeepseekVL2Processor:
                 seq_mask += [True] * n
                 tiles.append(view)
                 crops.append((tw, th))
-                sizes.append(image.size)
+                sizes.append((image.height, image.width))  # image_sizes rows are (height, width), as InternVL's
         return {"input_ids": ids, "images_seq_mask": seq_mask, "tiles": tiles, "crops": crops, "sizes": sizes}
 
     # ---- batching --------------------------------------------------------------------------------
