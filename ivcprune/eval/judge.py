@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Judge", "make_judge", "DEFAULT_MODEL", "EXACT_MATCHING", "normalize_api_base"]
+__all__ = ["Judge", "make_judge", "parse_judge_args", "DEFAULT_MODEL", "EXACT_MATCHING", "normalize_api_base"]
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,10 @@ def normalize_api_base(url: str | None) -> str | None:
     return url or None
 
 
-def _parse_args(judge_args: dict | str | None) -> dict[str, Any]:
+def parse_judge_args(judge_args: dict | str | None) -> dict[str, Any]:
+    """Validate ``--judge-args`` (JSON object; known keys, types and ranges); raises ValueError naming the key.
+
+    The runner calls this before any inference, so a typo costs seconds, not a whole run (exit 2)."""
     if judge_args is None or (isinstance(judge_args, str) and not judge_args.strip()):
         given: dict = {}
     elif isinstance(judge_args, str):
@@ -161,26 +164,27 @@ def _parse_args(judge_args: dict | str | None) -> dict[str, Any]:
         )
     args = {**_DEFAULT_ARGS, **given}
 
-    def number(key: str, lo: float, strict: bool) -> float:
+    def number(key: str, lo: float, hi: float, strict: bool) -> float:
         v = args[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
             raise ValueError(f"--judge-args {key} must be a number, got {v!r}")
-        if v < lo or (strict and v == lo):
-            raise ValueError(f"--judge-args {key} must be {'>' if strict else '>='} {lo}, got {v!r}")
+        if v < lo or (strict and v == lo) or v > hi:
+            raise ValueError(f"--judge-args {key} must be in {'(' if strict else '['}{lo:g}, {hi:g}], got {v!r}")
         return float(v)
 
-    def integer(key: str, lo: int) -> int:
+    def integer(key: str, lo: int, hi: int) -> int:
         v = args[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"--judge-args {key} must be an integer >= {lo}, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"--judge-args {key} must be an integer in [{lo}, {hi}], got {v!r}")
         return v
 
-    args["temperature"] = number("temperature", 0.0, strict=False)
-    args["timeout"] = number("timeout", 0.0, strict=True)
-    args["max_tokens"] = integer("max_tokens", 1)
-    args["retry"] = integer("retry", 0)
-    if args["api_base"] is not None and not isinstance(args["api_base"], str):
-        raise ValueError("--judge-args api_base must be a string")
+    args["temperature"] = number("temperature", 0.0, 2.0, strict=False)  # the chat-completions range
+    args["timeout"] = number("timeout", 0.0, 3600.0, strict=True)
+    args["max_tokens"] = integer("max_tokens", 1, 1 << 20)
+    args["retry"] = integer("retry", 0, 20)  # 20 retries already back off for ~10 minutes per request
+    base = args["api_base"]
+    if base is not None and (not isinstance(base, str) or not re.match(r"https?://[^/\s]+", base.strip())):
+        raise ValueError(f"--judge-args api_base must be an http(s) URL string, got {base!r}")
     return args
 
 
@@ -240,7 +244,7 @@ class Judge:
         *,
         backoff_base: float | None = None,
     ) -> None:
-        self.args = _parse_args(judge_args)
+        self.args = parse_judge_args(judge_args)
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ValueError(f"judge name must be a non-empty string, got {name!r}")
         if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
@@ -259,6 +263,8 @@ class Judge:
         self._response_models: set[str] = set()
         self.n_judge = 0
         self.n_judge_errors = 0
+        self.n_items = 0  # items handed to the judge while it was active
+        self.failures: dict[str, list] = {}  # failure class -> [count, first example], every failed attempt
         self._warned_giveup = False
         self.n_requests = 0  # HTTP requests actually sent; handy for diagnostics and tests
 
@@ -327,7 +333,35 @@ class Judge:
                 "reason": self.reason,
                 "n_judge": self.n_judge,
                 "n_judge_errors": self.n_judge_errors,
+                "n_items": self.n_items,
+                "failures": {k: {"count": n, "first": first} for k, (n, first) in self.failures.items()},
             }
+
+    def failed_every_item(self) -> bool:
+        """Judging was asked for some items and not one of them got an answer from the judge."""
+        with self._lock:
+            return self.n_items > 0 and self.n_judge == 0
+
+    def summary_line(self) -> str | None:
+        """One line per dataset: items sent, judged, failed, and every failure class with its first example."""
+        with self._lock:
+            if not self.n_items and not self.failures:
+                return None
+            failed = self.n_items - self.n_judge
+            text = (f"judge {self.requested_model} on {self.dataset or '?'}: {self.n_items} item(s) sent, "
+                    f"{self.n_judge} judged, {failed} not judged")
+            if self.failures:
+                text += "; failures: " + ", ".join(f"{k} x{n} (first: {first!r})"
+                                                   for k, (n, first) in self.failures.items())
+            if not self._active and self.reason:
+                text += f"; {self.reason}"
+            return text
+
+    def _fail(self, kind: str, example: Any) -> None:
+        """Count one failed attempt of class ``kind``; the first example is kept (redacted, 120 chars)."""
+        with self._lock:
+            slot = self.failures.setdefault(kind, [0, self._redact(example)[:120]])
+            slot[0] += 1
 
     # -- item flow ----------------------------------------------------------
 
@@ -335,6 +369,9 @@ class Judge:
         """Run ``fn`` over items with at most ``nproc`` in flight; count outcomes."""
 
         def counted(item: Any) -> str | None:
+            if self._active:
+                with self._lock:
+                    self.n_items += 1
             try:
                 out = fn(item)
             except _Stopped:
@@ -391,6 +428,8 @@ class Judge:
                 return last  # keep what an earlier attempt established
             parsed = parse(reply)
             if parsed is None:
+                word = reply.strip().strip(".").strip()
+                self._fail("not an option" if re.fullmatch(r"[A-Za-z]", word) else "unparseable reply", reply)
                 continue
             self._note_model(resp_model)
             self._cache_put(prompt, temperature, reply, resp_model)
@@ -451,9 +490,11 @@ class Judge:
             except openai.APIStatusError as e:
                 code = e.status_code
                 if code in _STOPPING:
+                    self._fail(f"HTTP {code}", e.message)
                     self._deactivate(f"judge stopped after HTTP {code}: {self._redact(e.message)}")
                     raise _Failed() from None
                 if code not in _RETRYABLE and code < 500:
+                    self._fail(f"HTTP {code}", e.message)
                     log.warning("judge request failed with HTTP %d: %s", code, self._redact(e.message))
                     raise _Failed() from None
                 wait = _retry_after(getattr(e.response, "headers", None))
@@ -464,11 +505,17 @@ class Judge:
                 err = f"connection error ({type(e.__cause__).__name__ if e.__cause__ else 'unknown'})"
             except (openai.APIError, ValueError, TypeError, KeyError, AttributeError) as e:
                 # e.g. a 200 whose body is not JSON or does not fit the schema
+                body = getattr(e, "doc", None)  # json.JSONDecodeError keeps the document
+                if isinstance(body, str):
+                    self._fail("HTML body" if body.lstrip().startswith("<") else "reply not JSON", body)
+                else:
+                    self._fail("malformed response", f"{type(e).__name__}: {e}")
                 log.debug("judge reply malformed: %s", self._redact(f"{type(e).__name__}: {e}"))
                 raise _Malformed() from None
             else:
                 return self._unpack(resp)
             if n == retries:
+                self._fail(f"{err} after {retries} retries", err)
                 with self._lock:
                     first, self._warned_giveup = not self._warned_giveup, True
                 (log.warning if first else log.debug)(
@@ -481,13 +528,21 @@ class Judge:
                 raise _Stopped()
         raise _Failed()  # unreachable; keeps type checkers quiet
 
-    @staticmethod
-    def _unpack(resp: Any) -> tuple[str, str | None]:
+    def _unpack(self, resp: Any) -> tuple[str, str | None]:
+        choices = getattr(resp, "choices", None)
+        if not isinstance(choices, list):
+            self._fail("malformed response", repr(resp))
+            raise _Malformed()
+        if not choices:
+            self._fail("empty choices", repr(resp))
+            raise _Malformed()
         try:
-            content = resp.choices[0].message.content
+            content = choices[0].message.content
         except (AttributeError, IndexError, TypeError, KeyError):
+            self._fail("malformed response", repr(resp))
             raise _Malformed() from None
         if not isinstance(content, str) or not content.strip():
+            self._fail("empty reply", repr(content))
             raise _Malformed()
         model = getattr(resp, "model", None)
         return content, model if isinstance(model, str) else None

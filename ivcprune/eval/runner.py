@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ivcprune.eval import dist as distmod
-from ivcprune.eval import efficiency, store
+from ivcprune.eval import efficiency, health, preflight, store
 from ivcprune.eval.registry import Entry, RegistryError, fingerprint, load_registry, parse_set, resolve
 
 HARNESS_MAJOR = 1
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device-map", choices=["auto"], default=None, help="shard one model over all visible GPUs")
     ap.add_argument("--force-frame", action="store_true", help="allow a grounding split with another GT frame")
     ap.add_argument("--reuse", action="store_true", help="accept existing rows whose fingerprint differs")
+    ap.add_argument("--max-failed-rows", type=float, default=health.DEFAULT_MAX_FAILED, metavar="F",
+                    help="fail a pair when more than this fraction of its rows failed (default 0.05; a pair whose "
+                         "rows all failed always fails)")
     ap.add_argument("--image-mode", choices=["vlmeval", "raw"], default="vlmeval")
     ap.add_argument("--dist-timeout", type=float, default=10800.0, help="barrier timeout in seconds")
     ap.add_argument("--warmup", type=int, default=2, help="rows per process left out of the timing averages")
@@ -86,14 +89,20 @@ def open_dataset(name: str, limit: int | None, image_mode: str):
     return load_dataset(name, limit=limit, image_mode=image_mode)
 
 
-def dataset_signature(ds) -> str:
-    """Size plus sha256 of the first MiB of the TSV (part of the fingerprint)."""
-    path = Path(getattr(ds, "path", "") or "")
-    if path.is_file():
-        with open(path, "rb") as fh:
-            head = fh.read(1 << 20)
-        return f"{path.stat().st_size}:{hashlib.sha256(head).hexdigest()}"
-    return f"rows:{len(ds.rows)}"
+DATASET_SIG = "row-hashes"  # the dataset part of the fingerprint lives in each record's row hash ("rh")
+
+
+def row_hashes(ds) -> dict[str, str]:
+    """index -> content hash of the row (computed once per dataset object); a record whose hash differs from its
+    row's is re-run, so an edited row is never answered from an old prediction."""
+    cached = getattr(ds, "_ivcp_row_hashes", None)
+    if cached is None:
+        from ivcprune.eval.integrity import row_hashes as hashes
+
+        images = getattr(getattr(ds, "data", None), "image_by_index", None)
+        cached = dict(zip(map(str, ds.rows["index"].tolist()), hashes(ds.rows, images)))
+        ds._ivcp_row_hashes = cached
+    return cached
 
 
 # --------------------------------------------------------------------------------------------- pair state
@@ -132,6 +141,7 @@ class ModelSlot:
     device: str
     model: object = None
     error: str | None = None
+    reason: str | None = None  # one line for the console; the traceback goes to the pair's _error.log
     loads: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -141,11 +151,17 @@ class ModelSlot:
 
             try:
                 self.loads += 1
+                preflight.check_checkpoint(self.entry)
                 self.model = load_model(self.entry, device=self.device)
-            except Exception:  # noqa: BLE001 - any load problem fails this model's pairs only
+                preflight.check_model(self.model, self.entry)  # before the first row
+            except preflight.PreflightError as err:
+                self.model, self.error, self.reason = None, traceback.format_exc(), str(err)
+            except Exception as err:  # noqa: BLE001 - any load problem fails this model's pairs only
                 self.error = traceback.format_exc()
+                first = (str(err).strip().splitlines() or [""])[0][:400]
+                self.reason = f"failed to load: {type(err).__name__}: {first}"
         if self.error is not None:
-            raise ModelLoadError(self.error)
+            raise ModelLoadError(self.reason or self.error)
         return self.model
 
 
@@ -167,7 +183,8 @@ def final_records(pair: Pair, vg: bool) -> list[dict]:
         except ValueError:
             stats = {}
         out.append({"index": row["index"], "prediction": raw, "error": row.get("ivcp_error") or None,
-                    "stats": stats, "fp": row.get("ivcp_fp") or None, "_file": str(csv)})
+                    "stats": stats, "fp": row.get("ivcp_fp") or None, "rh": row.get("ivcp_rh") or None,
+                    "_file": str(csv)})
     return out
 
 
@@ -181,17 +198,30 @@ def existing_records(pair: Pair, vg: bool) -> list[dict]:
     return records
 
 
+def stale_row(rec: dict, row_hash: str | None) -> bool:
+    """The record answers an older version of its row (its TSV cells changed since)."""
+    return bool(rec.get("rh")) and row_hash is not None and rec["rh"] != row_hash
+
+
 def plan(pair: Pair, ds, fp: str, reuse: bool) -> tuple[list, list[str]]:
-    """(pending indices in file order, files holding rows of another fingerprint)."""
+    """(pending indices in file order, files holding finished rows of another fingerprint).
+
+    Rows recorded with an error are retried whatever settings produced them, so they never block a corrected
+    rerun; rows whose TSV content changed are re-run (``ds._ivcp_changed`` lists them)."""
     vg = getattr(ds, "type", None) == "VG"
     records = existing_records(pair, vg)
-    foreign = sorted({r["_file"] for r in records if r.get("fp") and r["fp"] != fp})
     latest = store.latest_records(records)
-    pending = []
+    foreign = sorted({r["_file"] for r in latest.values() if r.get("fp") and r["fp"] != fp and not r.get("error")})
+    hashes = row_hashes(ds)
+    pending, changed = [], []
     for idx in ds.rows["index"].tolist():
         rec = latest.get(str(idx))
-        if rec is None or rec.get("error") or (rec.get("fp") != fp and not reuse):
+        stale = rec is not None and stale_row(rec, hashes.get(str(idx)))
+        if stale:
+            changed.append(idx)
+        if rec is None or rec.get("error") or (rec.get("fp") != fp and not reuse) or stale:
             pending.append(idx)
+    ds._ivcp_changed = changed
     return pending, foreign
 
 
@@ -209,7 +239,8 @@ def infer_rows(pair: Pair, ds, rows: list, slot: ModelSlot, ctx, fp: str, sessio
                  file=sys.stderr, dynamic_ncols=True, leave=True) as bar:
         for idx in rows:
             row = ds.rows.iloc[by_index[str(idx)]]
-            record = {"index": _jsonable(idx), "prediction": "", "error": None, "stats": {}, "fp": fp}
+            record = {"index": _jsonable(idx), "prediction": "", "error": None, "stats": {}, "fp": fp,
+                      "rh": row_hashes(ds).get(str(idx))}
             try:
                 parts = ds.build_prompt(row, pair.entry.family)
             except Exception as err:  # noqa: BLE001 - BadImage and friends: a counted miss, model not called
@@ -298,7 +329,9 @@ def merge(pair: Pair, ds, fp: str, reuse: bool) -> tuple[pd.DataFrame, list[dict
     latest = store.latest_records(records)
     indices = ds.rows["index"].tolist()
     ordered = [latest.get(str(i)) for i in indices]
-    missing = [i for i, r in zip(indices, ordered) if r is None or (r.get("fp") != fp and not reuse)]
+    hashes = row_hashes(ds)
+    missing = [i for i, r in zip(indices, ordered) if r is None or (r.get("fp") != fp and not reuse)
+               or stale_row(r, hashes.get(str(i)))]
     if missing:
         raise PairFailed(f"{len(missing)} of {len(indices)} rows have no record (first: {missing[:10]}); nothing "
                          f"final was written. Rerun the same command to finish them.")
@@ -311,6 +344,7 @@ def merge(pair: Pair, ds, fp: str, reuse: bool) -> tuple[pd.DataFrame, list[dict
     for key in ("image_tokens", "kept_tokens", "prefill_ms", "decode_ms", "new_tokens"):
         df[f"ivcp_{key}"] = [(r.get("stats") or {}).get(key, "") for r in ordered]
     df["ivcp_fp"] = [r.get("fp") or "" for r in ordered]
+    df["ivcp_rh"] = [r.get("rh") or "" for r in ordered]
     df["ivcp_stats"] = [json.dumps(r.get("stats") or {}, sort_keys=True) for r in ordered]
     pair.out_dir.mkdir(parents=True, exist_ok=True)
     store.write_table(df, pair.path(".csv"))
@@ -341,8 +375,16 @@ def evaluate(pair: Pair, ds, args, eff: dict | None = None) -> object:
 
         judge = make_judge(args.judge, args.judge_args, pair.path("_judge_cache.jsonl"), args.api_nproc,
                            pair.dataset)
-    return ds.evaluate(pair.path(".csv"), judge, family=pair.entry.family, box_scale=pair.entry.get("box_scale"),
-                       model=pair.entry.name, efficiency=eff)
+    report = ds.evaluate(pair.path(".csv"), judge, family=pair.entry.family, box_scale=pair.entry.get("box_scale"),
+                         model=pair.entry.name, efficiency=eff)
+    line = judge.summary_line() if judge is not None else None
+    if line:
+        print(line, file=sys.stderr)
+    if judge is not None and judge.failed_every_item():
+        _print_report(pair, report)
+        raise PairFailed(f"judging was requested but failed for every item sent ({judge.n_items}); the scores in "
+                         f"{pair.path('_score.json')} use exact matching only. {line}")
+    return report
 
 
 def write_efficiency(pair: Pair, records: list[dict]) -> dict:
@@ -372,9 +414,10 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
     try:
         ds = open_dataset(pair.dataset, args.limit, args.image_mode)
         ds.check_frame(pair.entry.family, args.force_frame)
+        preflight.check_dataset(ds, args.mode)  # columns and answer formats, before any row
         style = pair.entry.get("prompt_style") or PROMPT_STYLES.get(pair.entry.family, pair.entry.family)
         fp = fingerprint(pair.entry, prompt_style=style, image_mode=args.image_mode,
-                         dataset_sig=dataset_signature(ds), major=HARNESS_MAJOR)
+                         dataset_sig=DATASET_SIG, major=HARNESS_MAJOR)
     except Exception as err:  # noqa: BLE001 - DataError, frame guard, ...: this pair fails
         error = _err_text(err)
     verdict = {"error": error, "pending": []}
@@ -385,6 +428,13 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
                 lock = store.PairLock(pair.path(".lock"))
                 lock.acquire()
             pending, foreign = plan(pair, ds, fp, args.reuse)
+            changed = ds._ivcp_changed
+            if changed and args.mode == "eval":
+                raise PairFailed(f"--mode eval: {len(changed)} row(s) of the TSV changed since their predictions were "
+                                 f"made (first: {changed[:10]}); run with --mode all or infer to re-run them")
+            if changed:
+                print(f"{pair.stem}: {len(changed)} row(s) changed in the TSV since their predictions were made "
+                      f"(first: {changed[:10]}); re-running them", file=sys.stderr)
             if foreign and not args.reuse:
                 raise PairFailed("existing rows were produced with other settings (fingerprint mismatch) in: "
                                  + ", ".join(foreign) + ". Use a different --work-dir, delete them, or pass --reuse "
@@ -411,8 +461,8 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
             try:
                 infer_rows(pair, ds, todo, slot, ctx, fp, session, args)
             except ModelLoadError as err:
-                rank_error = f"model failed to load:\n{err}"
-                _write_error_log(pair, rank_error)
+                rank_error = f"model {pair.entry.name}: {err}"
+                _write_error_log(pair, f"{rank_error}\n{slot.error}")
             except KeyboardInterrupt:
                 raise
             except Exception as err:  # noqa: BLE001 - e.g. disk full: the pair aborts, written rows stay valid
@@ -423,14 +473,21 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
         if ctx.is_main:
             try:
                 if errors:
-                    raise PairFailed(errors[0].splitlines()[0] if "failed to load" not in errors[0] else
-                                     f"model {pair.entry.name} failed to load; traceback in "
-                                     f"{pair.path('_error.log')}")
+                    raise PairFailed(errors[0] if errors[0].startswith(f"model {pair.entry.name}: ") else
+                                     errors[0].splitlines()[0])
                 if pending or not pair.path(".csv").exists() or store.part_files(pair.parts_dir, pair.stem):
                     _, records = merge(pair, ds, fp, args.reuse)
                 else:
                     records = [store.latest_records(existing_records(pair, ds.type == "VG"))[str(i)]
                                for i in ds.rows["index"].tolist()]
+                bad = health.verdict(records, args.max_failed_rows)
+                if bad:
+                    from ivcprune.eval.datasets.base import output_paths
+
+                    stale = [p for p in output_paths(pair.path(".csv")).values()] + [pair.path("_result.xlsx")]
+                    removed = health.remove_stale_scores(stale)
+                    raise PairFailed(bad + (f"\nRemoved the earlier score files {[p.name for p in removed]}, which "
+                                            f"described other predictions." if removed else ""))
                 eff = write_efficiency(pair, records)
                 if args.mode != "infer":
                     _print_report(pair, evaluate(pair, ds, args, eff))
@@ -482,7 +539,38 @@ def resolve_all(args) -> list[Entry]:
         check_dataset_name(d)
     if args.limit is not None and args.limit <= 0:
         raise Usage(f"--limit {args.limit}: no rows")
+    for entry in entries:
+        try:
+            preflight.check_entry(entry)
+        except preflight.PreflightError as err:
+            raise Usage(str(err)) from None
+    if not 0.0 <= args.max_failed_rows <= 1.0:
+        raise Usage(f"--max-failed-rows must be a fraction in [0, 1], got {args.max_failed_rows}")
+    if args.api_nproc < 1:
+        raise Usage(f"--api-nproc must be >= 1, got {args.api_nproc}")
+    if args.judge is not None and not args.judge.strip():
+        raise Usage("--judge needs a model name (or exact_matching)")
+    from ivcprune.eval.judge import parse_judge_args
+
+    try:
+        parse_judge_args(args.judge_args)  # before any inference: a typo must not cost a whole run
+    except ValueError as err:
+        raise Usage(str(err)) from None
     return entries
+
+
+def check_work_dir(work: Path) -> None:
+    """Create --work-dir and prove it is writable; raises Usage with the reason (never a traceback)."""
+    if work.exists() and not work.is_dir():
+        raise Usage(f"--work-dir {work} is a file, not a folder")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        probe = work / f".ivcp-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise Usage(f"--work-dir {work} cannot be used: {err.strerror or err}"
+                    + (f" ({err.filename})" if err.filename and str(err.filename) != str(work) else "")) from None
 
 
 def cli_main(argv: list[str] | None = None) -> int:
@@ -508,7 +596,11 @@ def cli_main(argv: list[str] | None = None) -> int:
                 return 0
             ctx.close()
             ctx = distmod.DistContext(rank=0, world_size=1)
-        work.mkdir(parents=True, exist_ok=True)
+        try:
+            check_work_dir(work)
+        except Usage as err:
+            print(f"ivcp run: {err}", file=sys.stderr)
+            return 2
         distmod.check_shared_storage(ctx, work, distmod.run_id())
         session = ctx.broadcast(f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         device = "auto" if args.device_map else ctx.device()

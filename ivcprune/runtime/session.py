@@ -69,9 +69,16 @@ def prune(model: nn.Module, method: PruningMethod) -> Iterator[Trace]:
     if not isinstance(method, PruningMethod):
         raise TypeError(f"prune() expects a pruning method such as ivcprune.IVCPrune(...), got {type(method).__name__}")
     _check_model(model)
+    if getattr(model, "_ivcprune_active", False):
+        raise NotImplementedError(
+            "prune() is already active on this model: nested or concurrent prune() blocks are not supported "
+            "(leave the outer block first, or prune a second copy of the model)"
+        )
     runtime = PruneRuntime(model, method, get_adapter(model))
     runtime.attach()
+    model._ivcprune_active = True
     try:
         yield Trace(runtime)
     finally:
+        model.__dict__.pop("_ivcprune_active", None)  # the model is left exactly as it was
         runtime.detach()

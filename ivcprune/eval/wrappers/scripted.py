@@ -4,7 +4,7 @@ Select it from registry YAML with ``loader: ivcprune.eval.wrappers.scripted:load
 environment variables, so they never change the fingerprint:
 ``IVCP_SCRIPTED_LOG`` (append one line per ``generate`` call), ``IVCP_SCRIPTED_SLEEP`` (seconds per call),
 ``IVCP_SCRIPTED_FAIL`` (raise when the prompt text contains this string), ``IVCP_SCRIPTED_LOAD_FAIL`` (fail
-to load).
+to load), ``IVCP_SCRIPTED_REPLY`` (answer every row with this text, e.g. empty or unresolvable).
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class ScriptedModel:
         time.sleep(float(os.environ.get("IVCP_SCRIPTED_SLEEP", "0") or 0))
         n_img = sum(max(1, (im.size[0] // 28) * (im.size[1] // 28)) for im in images)
         kept = int(round(n_img * self.retention))
-        answer = self._answer(text, images, getattr(dataset, "type", ""))
+        answer = os.environ.get("IVCP_SCRIPTED_REPLY")
+        if answer is None:
+            answer = self._answer(text, images, getattr(dataset, "type", ""))
         self.last_stats = {"image_tokens": n_img, "kept_tokens": kept, "kv_bytes_full": 1024 * (n_img + 20),
                            "kv_bytes_kept": 1024 * (kept + 20), "prefill_ms": 1.0, "decode_ms": 2.0,
                            "new_tokens": 3}
