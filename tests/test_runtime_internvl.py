@@ -1,4 +1,4 @@
-"""Runtime invariants of docs/ALGORITHM.md §7 for InternVL (native -hf layout) on a tiny random checkpoint
+"""Family-specific runtime tests (the docs/ALGORITHM.md §7 invariants of every family x method: test_runtime_matrix.py) for InternVL (native -hf layout) on a tiny random checkpoint
 (eager, sdpa).
 
 The tiny processor cuts 112-px tiles of 16 tokens, at most 6 plus a thumbnail: a 112x84 image is a 3x2 canvas
@@ -9,48 +9,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import InternVLForConditionalGeneration
 
 import ivcprune
 from ivcprune.models.base import RequestInputs
-from ivcprune.models.internvl import image_sizes
-from ivcprune.testing import load_processor, make_image, tiny_checkpoint, tiny_inputs
+from ivcprune.testing import make_image, tiny_inputs
 import invariants as inv
 
-K = 2
-STEPS = 4
-_MODELS = {}
-PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: <ref>the red circle</ref>"
+from cases import K, PROMPTS, STEPS, case
 
-
-def load(attn):
-    if attn not in _MODELS:
-        path = tiny_checkpoint("internvl")
-        model = InternVLForConditionalGeneration.from_pretrained(path, attn_implementation=attn).eval()
-        _MODELS[attn] = (model, load_processor(path))
-    return _MODELS[attn]
-
-
-def _flat(images):
-    if images is None:
-        return []
-    if not isinstance(images, (list, tuple)):
-        return [images]
-    return [im for item in images for im in _flat(item)]
-
-
-def internvl_inputs(proc, images, texts):
-    """Processor outputs plus image_sizes, the caller-side tiling information."""
-    out = tiny_inputs("internvl", proc, images, texts)
-    flat = _flat(images)
-    if flat:
-        out["image_sizes"] = image_sizes(flat)
-    return out
-
-
-CASE = inv.Case(family="internvl", load=load, inputs=internvl_inputs, embed=inv.embed_via_hook,
-                image_size=(112, 84), other_size=(112, 112))
-
+CASE = case("internvl")
+PROMPT = PROMPTS["internvl"]
+load = CASE.load
 
 def make(retention=None):
     return ivcprune.IVCPrune(layer=K, retention=retention)
@@ -75,8 +44,6 @@ def check_thumb_budget(im, tile_tokens=16):
     assert len(im.seeds) == max(1, round(0.01 * tile_tokens)) and all(s in thumb for s in im.seeds)
 
 
-def test_identity_at_retention_one_is_bit_exact(setup):
-    inv.check_identity(*setup[::2], make, STEPS)
 
 
 def test_cache_lengths_and_content(setup):
@@ -87,29 +54,14 @@ def test_cache_lengths_and_content(setup):
     check_thumb_budget(im)
 
 
-def test_decode_positions_are_original(setup):
-    inv.check_positions(*setup[::2], make, K, STEPS)
 
 
-def test_hand_written_decode_loop_gets_original_positions(setup):
-    inv.check_handwritten_decode(*setup[::2], make, STEPS)
 
 
-def test_cached_decode_equals_oracle(setup):
-    model, proc, inputs = setup
-    inv.check_oracle(CASE, model, inputs, make, K, STEPS)
 
 
-def test_padded_batch_equals_each_sample_alone(setup):
-    model, proc, _ = setup
-    images = [make_image(*CASE.image_size, seed=1), make_image(*CASE.other_size, seed=2)]
-    sel = inv.check_padded_batch(CASE, model, proc, make, STEPS, images, [PROMPT, "What is in the picture?"])
-    assert [im.grid for ims in sel.images for im in ims] == [(3, 2), (1, 1)]
 
 
-def test_text_only_prompt_is_untouched(setup):
-    model, proc, _ = setup
-    inv.check_text_only(CASE, model, proc, make, STEPS)
 
 
 def test_several_images_are_budgeted_separately(setup):
@@ -127,13 +79,8 @@ def test_several_images_are_budgeted_separately(setup):
     assert inv.cache_lengths(cache)[0] == sel.max_kept + STEPS - 1
 
 
-def test_use_cache_false_returns_kept_rows(setup):
-    inv.check_use_cache_false(*setup[::2], make)
 
 
-def test_selection_is_deterministic_across_threads_and_backends():
-    kept = inv.kept_sets_across(CASE, make, lambda proc: CASE.inputs(proc, make_image(*CASE.image_size, seed=1), PROMPT))
-    assert all(k == kept[0] for k in kept)
 
 
 def test_unknown_tiling_raises_but_single_tile_needs_none():

@@ -1,4 +1,4 @@
-"""Runtime invariants of docs/ALGORITHM.md §7 for Qwen2.5-VL and Qwen2-VL on tiny random checkpoints
+"""Family-specific runtime tests (the docs/ALGORITHM.md §7 invariants of every family x method: test_runtime_matrix.py) for Qwen2.5-VL and Qwen2-VL on tiny random checkpoints
 (eager and sdpa)."""
 
 from __future__ import annotations
@@ -10,40 +10,11 @@ from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForCondition
 import ivcprune
 from ivcprune.testing import load_processor, make_image, tiny_checkpoint, tiny_inputs
 import invariants as inv
-from invariants import Case, cache_lengths, greedy
+from invariants import cache_lengths, greedy
 
-MAX_PIXELS = 64 * 28 * 28  # up to 64 merged tokens per image
+from cases import K, QWEN_MAX_PIXELS as MAX_PIXELS, STEPS, case as case_for, load
+
 CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
-K = 2
-STEPS = 4
-_MODELS = {}
-
-
-def load(family, attn):
-    key = (family, attn)
-    if key not in _MODELS:
-        path = tiny_checkpoint(family, max_pixels=MAX_PIXELS)
-        model = CLASSES[family].from_pretrained(path, attn_implementation=attn).eval()
-        _MODELS[key] = (model, load_processor(path))
-    return _MODELS[key]
-
-
-def qwen_embed(model, inputs):
-    ids = inputs["input_ids"]
-    vl = model.model
-    emb = vl.get_input_embeddings()(ids)
-    feats = vl.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True).pooler_output
-    feats = torch.cat(list(feats), dim=0)
-    emb = emb.masked_scatter((ids == model.config.image_token_id)[..., None].expand_as(emb), feats)
-    pos, _ = vl.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
-                               image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
-    return emb, pos
-
-
-def case_for(family):
-    return Case(family=family, load=lambda attn: load(family, attn),
-                inputs=lambda proc, images, texts: tiny_inputs(family, proc, images, texts), embed=qwen_embed,
-                image_size=(168, 140), other_size=(112, 196))
 
 
 MATRIX = [(f, a) for f in CLASSES for a in ("eager", "sdpa")]
@@ -67,9 +38,6 @@ def make(retention):
     return ivcprune.IVCPrune(layer=K, retention=retention)
 
 
-def test_identity_at_retention_one_is_bit_exact(setup):
-    case, model, proc, inputs = setup
-    inv.check_identity(model, inputs, make, STEPS)
 
 
 def test_cache_lengths_and_content(setup):
@@ -78,30 +46,14 @@ def test_cache_lengths_and_content(setup):
     assert sel.kept_image_tokens[0] == round(0.5 * sel.image_tokens[0])
 
 
-def test_decode_positions_are_original(setup):
-    case, model, proc, inputs = setup
-    inv.check_positions(model, inputs, make, K, STEPS)
 
 
-def test_hand_written_decode_loop_gets_original_positions(setup):
-    case, model, proc, inputs = setup
-    inv.check_handwritten_decode(model, inputs, make, STEPS)
 
 
-def test_cached_decode_equals_oracle(setup):
-    case, model, proc, inputs = setup
-    inv.check_oracle(case, model, inputs, make, K, STEPS)
 
 
-def test_padded_batch_equals_each_sample_alone(setup):
-    case, model, proc, inputs = setup
-    images = [make_image(*case.image_size, seed=1), make_image(*case.other_size, seed=2)]
-    inv.check_padded_batch(case, model, proc, make, STEPS, images, [PROMPT, "What is in the picture?"])
 
 
-def test_text_only_prompt_is_untouched(setup):
-    case, model, proc, inputs = setup
-    inv.check_text_only(case, model, proc, make, STEPS)
 
 
 def test_several_images_are_budgeted_separately(setup):
@@ -123,15 +75,8 @@ def test_several_images_are_budgeted_separately(setup):
     assert kept >= {i for i in range(sel.prompt_length) if i not in image_positions}
 
 
-def test_use_cache_false_returns_kept_rows(setup):
-    case, model, proc, inputs = setup
-    inv.check_use_cache_false(model, inputs, make)
 
 
-def test_selection_is_deterministic_across_threads_and_backends():
-    case = case_for("qwen2_5_vl")
-    kept = inv.kept_sets_across(case, make, lambda proc: case.inputs(proc, make_image(*case.image_size, seed=1), PROMPT))
-    assert len(kept) == 4 and all(k == kept[0] for k in kept)
 
 
 def test_hooks_removed_after_block():

@@ -1,0 +1,128 @@
+"""The runtime invariants of docs/ALGORITHM.md §7 for every family x registered method x attention backend.
+
+Families: the transformers-native ones (Qwen2.5-VL, Qwen2-VL, LLaVA-1.5, InternVL) on tiny random checkpoints,
+float32 on CPU. DeepSeek-VL2 has its own generate loop and runs the same invariants, also for every method, in
+test_runtime_deepseek_vl2.py. A newly registered method joins this matrix by registering.
+Tolerances: bit-exact where the design promises it (identity at retention 1.0, cut cache content, positions,
+text-only); 1e-5 where two computations differ only in summation order (oracle, batch vs alone, hand-written decode).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import ivcprune
+from ivcprune.methods import method_names
+from ivcprune.testing import make_image
+import invariants as inv
+from cases import K, OTHER_PROMPT, PROMPTS, STEPS, case
+
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava", "internvl")
+MATRIX = [(f, m, a) for f in FAMILIES for m in method_names() for a in ("eager", "sdpa")]
+# methods whose retention 1.0 keeps every token; the one ablation without a budget (ivc_removed) is not among them
+
+
+def maker(name: str):
+    """retention -> method; None is the method's default pruning (0.5 where the family has no default budget).
+
+    Methods that select at one layer do so at K; the others where they are defined to (pre-LLM methods at K = 0,
+    multi-stage methods at their default schedule, 1 < 2 < 3 of the 4 tiny layers)."""
+    layer = K if ivcprune.make_method(name).selects_at == "layer" else None
+
+    def make(retention=None):
+        if retention is None and name != "ivcp":
+            retention = 0.5
+        return ivcprune.make_method(name, layer, retention)
+
+    return make
+
+
+def first_layer(model, make) -> int:
+    """K1: the layer the method's (first) selection runs at on this model."""
+    return make(None).schedule(ivcprune.models.get_adapter(model))[0]
+
+
+BUDGETED = {m for m in method_names() if maker(m)(1.0).is_identity()}
+
+
+@pytest.fixture(params=MATRIX, ids=[f"{f}-{m}-{a}" for f, m, a in MATRIX])
+def setup(request):
+    family, name, attn = request.param
+    c = case(family)
+    model, proc = c.load(attn)
+    return c, model, proc, c.inputs(proc, make_image(*c.image_size, seed=1), PROMPTS[family]), maker(name), name
+
+
+def test_identity_at_retention_one_is_bit_exact(setup):
+    c, model, proc, inputs, make, name = setup
+    if name not in BUDGETED:
+        assert not make(1.0).is_identity()  # an ablation without a budget prunes at any retention
+        return
+    inv.check_identity(model, inputs, make, STEPS)
+
+
+def test_every_method_but_the_ablation_has_an_exact_identity():
+    assert set(method_names()) - BUDGETED == {"ivc_removed"}
+
+
+def test_cache_lengths_and_cut_content(setup):
+    c, model, proc, inputs, make, _ = setup
+    sel = inv.check_cache(model, inputs, make, first_layer(model, make), STEPS)
+    assert sel.pruned and sel.kept_image_tokens[0] < sel.image_tokens[0]
+
+
+def test_decode_positions_are_original(setup):
+    c, model, proc, inputs, make, _ = setup
+    inv.check_positions(model, inputs, make, first_layer(model, make), STEPS)
+
+
+# decode-path checks that do not depend on what was kept: one method per capture kind (values, attention)
+CAPTURE_KINDS = ("ivcp", "fastv")
+
+
+def test_hand_written_decode_loop_gets_original_positions(setup):
+    c, model, proc, inputs, make, name = setup
+    if name in CAPTURE_KINDS:
+        inv.check_handwritten_decode(model, inputs, make, STEPS)
+
+
+def test_cached_decode_equals_oracle(setup):
+    c, model, proc, inputs, make, _ = setup
+    inv.check_oracle(c, model, inputs, make, first_layer(model, make), STEPS)
+
+
+def test_padded_batch_equals_each_sample_alone(setup):
+    c, model, proc, inputs, make, name = setup
+    images = [make_image(*c.image_size, seed=1), make_image(*c.other_size, seed=2)]
+    texts = [PROMPTS[c.family], OTHER_PROMPT]
+    if name.startswith("random"):
+        # RandomPrune seeds its draw by (seed, sample index, image index) (docs/ALGORITHM.md §9): a sample keeps
+        # its alone draw only at index 0, and batch position 1 draws anew. Checked as such.
+        batch = c.inputs(proc, images, texts)
+        _, _, _, both = inv.greedy(model, batch, 1, make(None))
+        _, _, _, alone = inv.greedy(model, c.inputs(proc, images[0], texts[0]), 1, make(None))
+        offset = batch["input_ids"].shape[1] - alone.last.prompt_length
+        assert [i - offset for i in both.last.kept[0]] == alone.last.kept[0]
+        assert both.last.kept_image_tokens[1] == round(0.5 * both.last.image_tokens[1])
+        return
+    inv.check_padded_batch(c, model, proc, make, STEPS, images, texts)
+
+
+def test_text_only_prompt_is_untouched(setup):
+    c, model, proc, inputs, make, _ = setup
+    inv.check_text_only(c, model, proc, make, STEPS)
+
+
+def test_use_cache_false_returns_kept_rows(setup):
+    c, model, proc, inputs, make, name = setup
+    if name in CAPTURE_KINDS:
+        inv.check_use_cache_false(model, inputs, make)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", method_names())
+def test_kept_sets_equal_across_backends_and_threads(family, name):
+    c = case(family)
+    kept = inv.kept_sets_across(c, maker(name), lambda proc: c.inputs(proc, make_image(*c.image_size, seed=1),
+                                                                         PROMPTS[family]))
+    assert len(kept) == 4 and all(k == kept[0] for k in kept)
