@@ -22,6 +22,9 @@ class Case:
     embed: Callable  # (model, inputs) -> (inputs_embeds (B,S,H), prompt positions (A,B,S) or (B,S))
     image_size: tuple = (112, 84)
     other_size: tuple = (84, 140)
+    # (model, inputs) -> {layer: (prompt rows (N,), features (N, D))} that the text model adds after that layer
+    # (Qwen3-VL DeepStack); None: nothing
+    residual: Callable | None = None
 
 
 def greedy(model, inputs, steps, method=None):
@@ -84,10 +87,22 @@ def oracle_logits(case: Case, model, inputs, keep: list[int], generated: list[in
     allowed = causal.clone()
     allowed[s:, :s] &= kept[:s][None, :]  # generated rows never see pruned prompt positions
     mask = _allowed_to_mask(allowed, impl, hidden.dtype)
+    residual = case.residual(model, inputs) if case.residual else {}
+
+    def add_residual(i, hidden, rows):
+        if i not in residual:
+            return hidden
+        at, features = residual[i]
+        where = torch.isin(rows, at)  # rows of the running sequence that get a feature, in prompt order
+        hidden = hidden.clone()
+        hidden[0, where] = hidden[0, where] + features[torch.isin(at, rows)].to(hidden.dtype)
+        return hidden
+
     with torch.no_grad():
         for i in range(layer):
             hidden = text.layers[i](hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=None,
                                     past_key_values=None, use_cache=False)
+            hidden = add_residual(i, hidden, torch.arange(n))
         rows = torch.nonzero(kept).flatten()
         hidden = hidden[:, rows]
         cos_sin = tuple(t[:, rows] for t in cos_sin)
@@ -96,6 +111,7 @@ def oracle_logits(case: Case, model, inputs, keep: list[int], generated: list[in
         for i in range(layer, len(text.layers)):
             hidden = text.layers[i](hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=None,
                                     past_key_values=None, use_cache=False)
+            hidden = add_residual(i, hidden, rows)
         hidden = text.norm(hidden)
         logits = model.lm_head(hidden)
     first = len(keep) - 1  # the last prompt row predicts the first generated token

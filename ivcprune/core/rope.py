@@ -30,6 +30,26 @@ def ivc_scores(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.T
     return _axis_mean(angles.cos().mean(dim=2)), _axis_mean(angles.sin().mean(dim=2))
 
 
+def ivc_scores_applied(positions: torch.Tensor, inv_freq: torch.Tensor,
+                       axes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cos and sin IVC scores under the *applied* rule (docs/ALGORITHM.md §2 F2): frequency j is scored with the
+    one position axis that rotates it inside attention, ``axes[j]``, instead of with every axis.
+
+    positions: integer tensor (A, L); inv_freq: (F,); axes: (F,) integers in [0, A), e.g. Qwen2.5-VL's contiguous
+    sections (t for j < 16, h for 16 <= j < 40, w after) or Qwen3-VL's interleaved layout (h on j = 1, 4, ...,
+    w on j = 2, 5, ..., t on the rest). Returns c[L] = mean_j cos(p[axes[j], i] w_j) and s[L] likewise, in float32.
+    """
+    if positions.ndim == 1:
+        positions = positions[None]
+    axes = axes.to(torch.long).cpu()
+    if axes.shape != inv_freq.shape or int(axes.min()) < 0 or int(axes.max()) >= positions.shape[0]:
+        raise ValueError(f"axes must give one axis in [0, {positions.shape[0]}) per frequency "
+                         f"({inv_freq.numel()}), got {axes.tolist()}")
+    per_freq = positions[axes.to(positions.device)].to(torch.float32)  # (F, L): the position each frequency sees
+    angles = per_freq * inv_freq.to(torch.float32).to(positions.device)[:, None]
+    return angles.cos().mean(dim=0), angles.sin().mean(dim=0)
+
+
 def _axis_mean(per_axis: torch.Tensor) -> torch.Tensor:
     """Mean over the A axes, summed in sorted order so that permuted axes (cell (r, c) vs (c, r)) tie exactly."""
     return per_axis.sort(dim=0).values.sum(dim=0) / per_axis.shape[0]

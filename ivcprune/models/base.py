@@ -86,6 +86,22 @@ class FamilyAdapter:
         freq = getattr(rotary, "original_inv_freq", None)
         return (freq if freq is not None else rotary.inv_freq).detach().float().cpu()
 
+    def rotary_axes(self) -> torch.Tensor | None:
+        """Per rotary frequency j, the index of the position axis that rotates it inside attention (M-RoPE:
+        0 = t, 1 = h, 2 = w); None for 1-D RoPE, where the single axis rotates every frequency."""
+        return None
+
+    def residual_input_layers(self) -> tuple[int, ...]:
+        """Decoder layers after which the text model adds per-position inputs of its own to the hidden states,
+        outside the layers' arguments (Qwen3-VL's DeepStack visual features). Default: none."""
+        return ()
+
+    def pop_residual_inputs(self, kwargs: dict) -> tuple[dict, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """Take those inputs out of the text model's call: (kwargs without them, {layer: (mask, features)}) where
+        ``mask`` (B, S) bool marks the positions and ``features`` (mask.sum(), D) holds their rows in row-major
+        order. The runtime then adds them itself after each such layer, at the kept positions from layer K on."""
+        return kwargs, {}
+
     def kv_bytes_per_token(self) -> int:
         """KV-cache bytes of one prompt token over all layers when no live cache is at hand (standard layout).
 

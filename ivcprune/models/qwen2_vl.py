@@ -96,6 +96,17 @@ class QwenVLAdapter(FamilyAdapter):
             position_ids = position_ids[1:]
         return super().positions(position_ids, batch, length, device)
 
+    @property
+    def _mrope_section(self) -> list[int]:
+        """(t, h, w) frequency counts as the model's rotary module applies them."""
+        return list(self.text_model.rotary_emb.mrope_section)
+
+    def rotary_axes(self) -> torch.Tensor:
+        """Contiguous sections: the first mrope_section[0] frequencies turn with t, the next [1] with h, the rest
+        with w (Qwen2/2.5-VL's ``recomposition_frequencies``; [16, 24, 24] at head_dim 128)."""
+        t, h, w = self._mrope_section
+        return torch.cat([torch.full((n,), axis, dtype=torch.long) for axis, n in enumerate((t, h, w))])
+
     def decode_position_ids(self, next_positions: torch.Tensor) -> torch.Tensor:
         # M-RoPE: text tokens carry the same id on t/h/w; a 3-row tensor leaves the packed-mask text row unset
         return next_positions[None].expand(3, -1, -1)

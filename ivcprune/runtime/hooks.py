@@ -8,6 +8,7 @@ H4 layer-K pre-hook: runs the selection, gathers hidden states / rotary / positi
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ class _Request:
     values: torch.Tensor | None = None  # (B, S, H*D) at layer K-1
     extras: dict = field(default_factory=dict)
     compact: dict | None = None  # kwargs substituted in layers > K
+    layout: tuple | None = None  # (index (B, P_max), real (B, P_max)) of the cut, once layer K has run
+    residual: dict = field(default_factory=dict)  # {layer: (mask, features)} the runtime adds (adapter residual inputs)
     cache: object = None
     selection: Selection | None = None
 
@@ -63,6 +66,7 @@ class PruneRuntime:
         self._handles: list = []
         self._request: _Request | None = None
         self._decode: _Decode | None = None
+        self._residual_layers: list[int] = []
         impl = adapter.attn_implementation
         if impl not in SUPPORTED_ATTENTION:
             raise NotImplementedError(
@@ -81,6 +85,11 @@ class PruneRuntime:
         for handle in self.method.attach_captures(self):
             reg(handle)
         reg(a.layers[k].register_forward_pre_hook(self._layer_k_pre_hook, with_kwargs=True))
+        # inputs the text model adds after some layers (DeepStack): taken over only when a layer >= K has one
+        residual = [i for i in a.residual_input_layers() if i < a.num_layers]
+        self._residual_layers = residual if any(i >= k for i in residual) else []
+        for i in self._residual_layers:
+            reg(a.layers[i].register_forward_hook(functools.partial(self._residual_hook, i)))
         for layer in a.layers[k + 1:]:
             reg(layer.register_forward_pre_hook(self._later_layer_pre_hook, with_kwargs=True))
 
@@ -184,6 +193,9 @@ class PruneRuntime:
             return None
         req.positions = self.adapter.positions(kwargs.get("position_ids"), batch, length, embeds.device)
         self.adapter.complete_images(req.images, req.positions)
+        if self._residual_layers:
+            kwargs, req.residual = self.adapter.pop_residual_inputs(kwargs)
+            return args, kwargs
         return None
 
     def _value_hook(self, module, args, output):
@@ -235,6 +247,7 @@ class PruneRuntime:
             kv.cut_layers(cache, self.layer, index)
             req.cache = cache
         req.compact = compact
+        req.layout = (index, real)
         req.selection = self._record(req, keeps, length)
         req.extras["real"] = real
         req.selection.selection_ms = (time.perf_counter() - start) * 1000.0
@@ -249,6 +262,23 @@ class PruneRuntime:
         if req is None or req.compact is None:
             return None
         return args, {**kwargs, **req.compact}
+
+    def _residual_hook(self, layer_idx, module, args, output):
+        """Add the adapter's residual inputs after ``layer_idx`` (as the text model would), at the kept positions
+        once the sequence is cut."""
+        req = self._request
+        if req is None or layer_idx not in req.residual:
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        mask, features = req.residual[layer_idx]
+        if req.layout is not None and mask.shape[1] != hidden.shape[1]:
+            index, real = req.layout
+            mask = mask.to(index.device)
+            row = (mask.flatten().cumsum(0) - 1).view(mask.shape)  # row of each masked position in ``features``
+            mask = mask.gather(1, index) & real
+            features = features[row.gather(1, index)[mask].to(features.device)]
+        hidden = _add_at(hidden, mask, features)
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
     def _text_post_hook(self, module, args, kwargs, output):
         req, self._request = self._request, None
@@ -303,6 +333,14 @@ class PruneRuntime:
 
     def _config_bytes_per_token(self) -> int:
         return self.adapter.kv_bytes_per_token()
+
+
+def _add_at(hidden: torch.Tensor, mask: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """hidden with ``features`` added at the (B, S) ``mask`` rows, computed as the text model does (bitwise)."""
+    mask = mask.to(hidden.device)
+    hidden = hidden.clone()
+    hidden[mask, :] = hidden[mask, :] + features.to(hidden.device, hidden.dtype)
+    return hidden
 
 
 def _gather_seq(tensor: torch.Tensor, index: torch.Tensor, batch: int | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ from pathlib import Path
 from ivcprune.models.processor_loading import save_processor
 
 FACTORY_VERSION = 3
-TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava", "internvl")
+TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "llava", "internvl")
 
 _COMMON = {"layers": 4, "hidden": 64, "heads": 4, "kv_heads": 2, "seed": 0, "init_gain": 1.0}
 
@@ -27,6 +27,8 @@ _COMMON = {"layers": 4, "hidden": 64, "heads": 4, "kv_heads": 2, "seed": 0, "ini
 def _family_module(family: str):
     if family in ("qwen2_5_vl", "qwen2_vl"):
         from . import qwen as mod
+    elif family in ("qwen3_vl", "qwen3_vl_moe"):
+        from . import qwen3 as mod
     elif family == "llava":
         from . import llava as mod
     elif family == "internvl":

@@ -147,6 +147,11 @@ def build(family: str, s: dict):
     )
     # No video processor object: Qwen's needs torchvision and the project feeds still images only.
     processor = assemble_processor(proc_cls, image_processor, tok, QWEN_CHAT_TEMPLATE)
+    return (model, processor) + generation_and_info(ids, image_processor, s, "Qwen2VLVideoProcessor", 14)
+
+
+def generation_and_info(ids: dict, image_processor, s: dict, video_processor: str, patch: int) -> tuple[dict, dict]:
+    """Generation kwargs and the factory record of a Qwen-family checkpoint (any generation, patch 14 or 16)."""
     gen = dict(
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
@@ -156,19 +161,20 @@ def build(family: str, s: dict):
         "image_processor_class": type(image_processor).__name__,
         "token_ids": ids,
         "video_config": {
-            "video_processor_type": "Qwen2VLVideoProcessor",
+            "video_processor_type": video_processor,
             "size": {"shortest_edge": s["min_pixels"], "longest_edge": s["max_pixels"]},
-            "patch_size": 14,
+            "patch_size": patch,
             "temporal_patch_size": 2,
             "merge_size": 2,
         },
     }
-    return model, processor, gen, info
+    return gen, info
 
 
-def image_tokens(h: int, w: int, min_pixels: int, max_pixels: int) -> int:
-    """Image tokens for an h x w image: the processor's resize rule, restated for checks."""
+def image_tokens(h: int, w: int, min_pixels: int, max_pixels: int, patch: int = 14) -> int:
+    """Image tokens for an h x w image: the processor's resize rule (factor 2 * patch), restated for checks;
+    patch 14 for Qwen2/2.5-VL, 16 for Qwen3-VL."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-    rh, rw = smart_resize(h, w, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
-    return (rh // 14) * (rw // 14) // 4
+    rh, rw = smart_resize(h, w, factor=2 * patch, min_pixels=min_pixels, max_pixels=max_pixels)
+    return (rh // patch) * (rw // patch) // 4

@@ -21,6 +21,8 @@ class IVCPDefaults:
     query_offset: int = 2  # delta: queries start at E + delta
     fg_fraction: float = 0.2  # UNION only
     keys: str = "view"  # softmax keys of the affinity: "view" (the scored view) or "prompt" (all valid tokens)
+    ivc_rule: str = "reference"  # "reference": mean over every axis and frequency; "applied": each frequency with
+    # the axis that rotates it (adapter.rotary_axes(); docs/ALGORITHM.md §2 F2)
     default_layers: tuple[tuple[int, int], ...] = ()  # (num_layers, K) pairs of known checkpoints
 
     def default_layer(self, num_layers: int) -> int:
@@ -31,10 +33,15 @@ class IVCPDefaults:
         return max(1, num_layers // 2)
 
 
+# Qwen3-VL (dense and MoE): K at the relative depth of Qwen2.5-VL-7B's 16 of 28 layers, round(N_L * 16 / 28),
+# untuned: 2B (28 layers) 16, 4B and 8B (36) 21, 30B-A3B (48) 27, 32B (64) 37. Same BUDGET(0.5) and fractions.
+QWEN3_LAYERS = ((28, 16), (36, 21), (48, 27), (64, 37))
 QWEN = IVCPDefaults(family="qwen2_5_vl", default_layers=((28, 16), (36, 22)))  # 7B: K=16, 3B: K=22
 FAMILY_DEFAULTS: dict[str, IVCPDefaults] = {
     "qwen2_5_vl": QWEN,
     "qwen2_vl": IVCPDefaults(family="qwen2_vl", default_layers=((28, 16),)),  # Qwen2-VL-7B: 16, untuned
+    "qwen3_vl": IVCPDefaults(family="qwen3_vl", default_layers=QWEN3_LAYERS),
+    "qwen3_vl_moe": IVCPDefaults(family="qwen3_vl_moe", default_layers=QWEN3_LAYERS),
     "llava": IVCPDefaults(family="llava", policy="union", retention=None, ivc_fraction=0.05, keys="prompt",
                           default_layers=((32, 16),)),  # LLaVA-1.5-7B: K = 16
     "internvl": IVCPDefaults(family="internvl", policy="thumb_budget", keys="prompt",
@@ -45,6 +52,7 @@ FAMILY_DEFAULTS: dict[str, IVCPDefaults] = {
     "deepseek_vl2": IVCPDefaults(family="deepseek_vl2", policy="global_local", ivc_fraction_by_role={"local_row": 0.15},
                                  query_offset=1, default_layers=((27, 17), (12, 8), (30, 19))),
 }
+IVC_RULES = ("reference", "applied")
 GENERIC = IVCPDefaults(family="generic")
 
 

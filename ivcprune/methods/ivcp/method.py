@@ -11,7 +11,7 @@ from ivcprune.core.foreground import foreground_scores
 from ivcprune.core.ranking import count
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import PruningMethod, SampleContext, check_retention
-from ivcprune.methods.ivcp.defaults import IVCPDefaults
+from ivcprune.methods.ivcp.defaults import IVC_RULES, IVCPDefaults
 from ivcprune.methods.ivcp.ivc import ivc_sets
 from ivcprune.methods.ivcp.policies import POLICIES
 from ivcprune.methods.registry import register_method
@@ -27,6 +27,9 @@ class IVCPrune(PruningMethod):
     on a UNION family (LLaVA) a value in (0, 1) switches to BUDGET(rho) with the same IVC sets and seeds.
     ivc_fraction: f_cos = f_sin per IVC group; seed_fraction: stage-1 seeds per image (at least 1);
     query_offset: delta, text queries start at E + delta; fg_fraction: foreground share of the UNION policy (LLaVA).
+    ivc_rule: "reference" (default: each axis scored over all frequencies, the official rule) or "applied" (each
+    frequency scored with the M-RoPE axis that rotates it: contiguous sections on Qwen2/2.5-VL, interleaved on
+    Qwen3-VL; identical to "reference" on 1-D RoPE). docs/ALGORITHM.md §2 F2.
     """
 
     retention: float | None = None
@@ -34,6 +37,7 @@ class IVCPrune(PruningMethod):
     seed_fraction: float | None = None
     query_offset: int | None = None
     fg_fraction: float | None = None
+    ivc_rule: str | None = None
 
     name: ClassVar[str] = "ivcp"
     captures: ClassVar[tuple[str, ...]] = ("values",)
@@ -47,6 +51,8 @@ class IVCPrune(PruningMethod):
                 raise ValueError(f"{field_name} must be in [0, 1], got {value!r}")
         if self.query_offset is not None and self.query_offset < 0:
             raise ValueError(f"query_offset must be >= 0, got {self.query_offset}")
+        if self.ivc_rule is not None and self.ivc_rule not in IVC_RULES:
+            raise ValueError(f"ivc_rule must be one of {IVC_RULES}, got {self.ivc_rule!r}")
 
     def is_identity(self) -> bool:
         return self.retention is not None and float(self.retention) >= 1.0
@@ -55,7 +61,7 @@ class IVCPrune(PruningMethod):
         """The family defaults with this method's explicit fields applied (a budget turns UNION into BUDGET)."""
         overrides = {
             k: getattr(self, k)
-            for k in ("retention", "ivc_fraction", "seed_fraction", "query_offset", "fg_fraction")
+            for k in ("retention", "ivc_fraction", "seed_fraction", "query_offset", "fg_fraction", "ivc_rule")
             if getattr(self, k) is not None
         }
         resolved = replace(settings, **overrides)
@@ -75,7 +81,8 @@ class IVCPrune(PruningMethod):
         if queries.numel() == 0 or ctx.values is None:
             image.kept = list(range(a, image.end))  # nothing to score against: leave the image unpruned
             return
-        ivc_cos, ivc_sin = ivc_sets(ctx, image, settings.ivc_fraction, settings.ivc_fraction_by_role)
+        ivc_cos, ivc_sin = ivc_sets(ctx, image, settings.ivc_fraction, settings.ivc_fraction_by_role,
+                                    settings.ivc_rule)
         ivc = torch.cat([ivc_cos, ivc_sin]).unique()
         view = views[policy.view]
         cols = view + a

@@ -1,0 +1,241 @@
+"""Runtime invariants of docs/ALGORITHM.md §7 for Qwen3-VL, dense and MoE, on tiny random checkpoints (eager and
+sdpa), DeepStack with K inside and outside its layers, every comparison method, and the video refusal.
+
+The tiny models add DeepStack features after decoder layers 0, 1 and 2 of 4: K = 2 (the matrix) and K = 1 cut the
+sequence before the last DeepStack layer, K = 3 after it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration
+
+import ivcprune
+from ivcprune.methods import make_method, method_names
+from ivcprune.methods.baseline import BudgetedMethod
+from ivcprune.methods.with_ivc import WithIVC
+from ivcprune.testing import load_processor, make_image, tiny_checkpoint, tiny_inputs
+from ivcprune.testing.qwen import image_tokens
+import invariants as inv
+from invariants import Case, greedy
+
+MAX_PIXELS = 64 * 32 * 32  # up to 64 merged tokens per image
+CLASSES = {"qwen3_vl": Qwen3VLForConditionalGeneration, "qwen3_vl_moe": Qwen3VLMoeForConditionalGeneration}
+K = 2
+STEPS = 4
+_MODELS = {}
+
+
+def load(family, attn):
+    key = (family, attn)
+    if key not in _MODELS:
+        path = tiny_checkpoint(family, max_pixels=MAX_PIXELS)
+        model = CLASSES[family].from_pretrained(path, attn_implementation=attn).eval()
+        _MODELS[key] = (model, load_processor(path))
+    return _MODELS[key]
+
+
+def _features(model, inputs):
+    return model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
+
+
+def qwen3_embed(model, inputs):
+    ids = inputs["input_ids"]
+    vl = model.model
+    emb = vl.get_input_embeddings()(ids)
+    feats = torch.cat(list(_features(model, inputs).pooler_output), dim=0)
+    emb = emb.masked_scatter((ids == model.config.image_token_id)[..., None].expand_as(emb), feats)
+    pos, _ = vl.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+                               image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
+    return emb, pos
+
+
+def deepstack(model, inputs):
+    """{decoder layer: (image rows of sample 0, DeepStack features)}, as the text model adds them."""
+    rows = torch.nonzero(inputs["input_ids"][0] == model.config.image_token_id).flatten()
+    per_layer = _features(model, inputs).deepstack_features
+    return {i: (rows, torch.cat(list(f), dim=0)) for i, f in enumerate(per_layer)}
+
+
+def case_for(family):
+    return Case(family=family, load=lambda attn: load(family, attn),
+                inputs=lambda proc, images, texts: tiny_inputs(family, proc, images, texts), embed=qwen3_embed,
+                image_size=(192, 160), other_size=(128, 224), residual=deepstack)
+
+
+MATRIX = [(f, a) for f in CLASSES for a in ("eager", "sdpa")]
+PROMPT = "Locate the red circle on the left and output the bbox coordinates in JSON format."
+
+
+@pytest.fixture(params=MATRIX, ids=[f"{f}-{a}" for f, a in MATRIX])
+def setup(request):
+    family, attn = request.param
+    case = case_for(family)
+    model, proc = case.load(attn)
+    inputs = case.inputs(proc, make_image(*case.image_size, seed=1), PROMPT)
+    return case, model, proc, inputs
+
+
+def make(retention, layer=K):
+    return ivcprune.IVCPrune(layer=layer, retention=retention)
+
+
+def test_tiny_checkpoint_is_a_qwen3_vl():
+    model, proc = load("qwen3_vl_moe", "sdpa")
+    cfg = model.config
+    assert cfg.vision_config.patch_size == 16 and cfg.vision_config.spatial_merge_size == 2
+    assert cfg.text_config.rope_parameters["mrope_section"] == [6, 5, 5]
+    assert cfg.text_config.rope_parameters["rope_theta"] == 5e6
+    assert len(cfg.vision_config.deepstack_visual_indexes) == 3
+    assert type(model.model.language_model.layers[0].mlp).__name__ == "Qwen3VLMoeTextSparseMoeBlock"
+    inputs = tiny_inputs("qwen3_vl_moe", proc, make_image(192, 160, seed=1), PROMPT)
+    n_image = int((inputs["input_ids"] == cfg.image_token_id).sum())
+    assert n_image == image_tokens(192, 160, 4 * 32 * 32, MAX_PIXELS, patch=16)
+    assert inputs["image_grid_thw"].tolist() == [[1, 10, 12]]  # 16-px patches of a 192 wide, 160 high image
+    text = proc.decode(inputs["input_ids"][0])
+    assert text.startswith("<|im_start|>user\n<|vision_start|><|image_pad|>")  # no default system turn
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+
+def _cache(case, model, proc, inputs):
+    sel = inv.check_cache(model, inputs, make, K, STEPS)
+    assert sel.kept_image_tokens[0] == round(0.5 * sel.image_tokens[0])
+
+
+def _batch(case, model, proc, inputs):
+    images = [make_image(*case.image_size, seed=1), make_image(*case.other_size, seed=2)]
+    inv.check_padded_batch(case, model, proc, make, STEPS, images, [PROMPT, "What is in the picture?"])
+
+
+# docs/ALGORITHM.md §7: identity (7.1), cache lengths and content (7.2-7.3), positions through decode and in a
+# hand-written loop (7.4), oracle (7.5), padded batch (7.6), text-only (7.7), use_cache=False (7.11)
+INVARIANTS = {
+    "identity_bit_exact": lambda case, model, proc, inputs: inv.check_identity(model, inputs, make, STEPS),
+    "cache_lengths_and_content": _cache,
+    "decode_positions_original": lambda case, model, proc, inputs: inv.check_positions(model, inputs, make, K, STEPS),
+    "hand_written_decode": lambda case, model, proc, inputs: inv.check_handwritten_decode(model, inputs, make, STEPS),
+    "oracle": lambda case, model, proc, inputs: inv.check_oracle(case, model, inputs, make, K, STEPS),
+    "padded_batch_equals_alone": _batch,
+    "text_only_untouched": lambda case, model, proc, inputs: inv.check_text_only(case, model, proc, make, STEPS),
+    "use_cache_false": lambda case, model, proc, inputs: inv.check_use_cache_false(model, inputs, make),
+}
+
+
+@pytest.mark.parametrize("check", list(INVARIANTS))
+def test_invariant(setup, check):
+    INVARIANTS[check](*setup)
+
+
+def test_several_images_are_budgeted_separately(setup):
+    case, model, proc, inputs = setup
+    two = case.inputs(proc, [[make_image(*case.image_size, seed=1), make_image(*case.other_size, seed=2)]], [PROMPT])
+    _, _, cache, trace = greedy(model, two, STEPS, make(None))
+    sel = trace.selections[-1]
+    images = sel.images[0]
+    assert len(images) == 2 and images[0].length != images[1].length
+    expected = [(t, h // 2, w // 2) for t, h, w in two["image_grid_thw"].tolist()]
+    assert [im.grid for im in images] == expected
+    for im in images:
+        assert len(im.kept) == round(0.5 * im.length)
+        assert all(im.start <= i < im.end for i in im.kept)
+    image_positions = {i for im in images for i in range(im.start, im.end)}
+    assert set(sel.kept[0]) >= {i for i in range(sel.prompt_length) if i not in image_positions}
+    assert inv.cache_lengths(cache) == [sel.max_kept + STEPS - 1] * model.config.text_config.num_hidden_layers
+
+
+@pytest.mark.parametrize("family", list(CLASSES))
+@pytest.mark.parametrize("layer", [1, 3])
+def test_deepstack_inside_and_outside_the_cut(family, layer):
+    """K = 1 (two DeepStack layers run on the kept rows) and K = 3 (all before the cut, the model's own path)."""
+    case = case_for(family)
+    model, proc = case.load("sdpa")
+    inputs = case.inputs(proc, make_image(*case.image_size, seed=1), PROMPT)
+    with ivcprune.prune(model, make(None, layer)):
+        hooked = sum(len(m._forward_hooks) for m in model.model.language_model.layers)
+    assert hooked == (3 if layer <= 2 else 0)  # the runtime takes DeepStack over only when the cut comes first
+    inv.check_oracle(case, model, inputs, lambda r: make(r, layer), layer, STEPS)
+    inv.check_cache(model, inputs, lambda r: make(r, layer), layer, STEPS)
+
+
+def test_deepstack_is_not_dropped():
+    """Pruning at K = 1 without re-adding the DeepStack features would change the logits: the oracle without them
+    disagrees with the pruned run, the oracle with them agrees (so the check above is not vacuous)."""
+    case = case_for("qwen3_vl")
+    model, proc = case.load("sdpa")
+    inputs = case.inputs(proc, make_image(*case.image_size, seed=1), PROMPT)
+    seq, scores, _, trace = greedy(model, inputs, 1, make(None, 1))
+    keep = trace.selections[-1].kept[0]
+    plain = Case(**{**case.__dict__, "residual": None})
+    with_ds = inv.oracle_logits(case, model, inputs, keep, [], 1)
+    without = inv.oracle_logits(plain, model, inputs, keep, [], 1)
+    valid = torch.isfinite(scores[0][0])  # min_new_tokens masks the end-of-sequence ids
+    assert torch.allclose(with_ds[0][valid], scores[0][0][valid], atol=1e-5)
+    assert not torch.allclose(without[0][valid], scores[0][0][valid], atol=1e-3)
+
+
+def test_selection_is_deterministic_across_threads_and_backends():
+    for family in CLASSES:
+        case = case_for(family)
+        kept = inv.kept_sets_across(case, make,
+                                    lambda proc: case.inputs(proc, make_image(*case.image_size, seed=1), PROMPT))
+        assert len(kept) == 4 and all(k == kept[0] for k in kept)
+
+
+@pytest.mark.parametrize("family", list(CLASSES))
+@pytest.mark.parametrize("name", [m for m in method_names() if m != "ivcp"])
+def test_every_comparison_method_runs(family, name):
+    model, proc = load(family, "sdpa")
+    images = [make_image(192, 160, seed=1), make_image(128, 224, seed=2)]
+    batch = tiny_inputs(family, proc, images, [PROMPT, "What is in the picture?"])
+    method = make_method(name, None, 0.5)  # each method at its own default layer (K = 0 for pre-LLM ones)
+    seq, _, cache, trace = greedy(model, batch, STEPS, method)
+    sel = trace.selections[-1]
+    assert seq.shape[1] == batch["input_ids"].shape[1] + STEPS
+    assert sel.pruned and all(0 < k < n for k, n in zip(sel.kept_image_tokens, sel.image_tokens))
+    if sel.stages:  # multi-stage (PDrop): each later stage keeps a subset of the one before
+        return
+    if isinstance(method, (BudgetedMethod, WithIVC)):  # the ablations without a budget keep their own share
+        assert sel.kept_image_tokens == [round(0.5 * n) for n in sel.image_tokens]
+    assert inv.cache_lengths(cache) == [sel.max_kept + STEPS - 1] * model.config.text_config.num_hidden_layers
+
+
+def test_applied_ivc_rule_runs_and_differs_from_the_reference():
+    model, proc = load("qwen3_vl", "sdpa")
+    inputs = tiny_inputs("qwen3_vl", proc, make_image(192, 160, seed=1), PROMPT)
+    kept = {}
+    for rule in ("reference", "applied"):
+        with torch.no_grad(), ivcprune.prune(model, ivcprune.IVCPrune(layer=K, ivc_rule=rule)) as trace:
+            model(**inputs)
+        im = trace.selections[-1].images[0][0]
+        assert len(im.kept) == round(0.5 * im.length)
+        kept[rule] = (im.ivc_cos, im.ivc_sin)
+    assert kept["reference"] != kept["applied"]
+    with torch.no_grad(), ivcprune.prune(model, ivcprune.IVCPrune(layer=K)) as trace:
+        model(**inputs)
+    assert (trace.selections[-1].images[0][0].ivc_cos, trace.selections[-1].images[0][0].ivc_sin) == kept["reference"]
+
+
+def test_default_layer_and_family():
+    for family in CLASSES:
+        model, _ = load(family, "sdpa")
+        adapter = ivcprune.models.get_adapter(model)
+        assert adapter.family == family
+        assert ivcprune.IVCPrune().resolve_layer(adapter) == 2  # 4 layers: no tuned entry, floor(4 / 2)
+    from ivcprune.methods.ivcp.defaults import family_defaults
+
+    for family in CLASSES:
+        table = family_defaults(family)
+        # round(N_L * 16 / 28): 2B 28 -> 16, 4B / 8B 36 -> 21, 30B-A3B 48 -> 27, 32B 64 -> 37
+        assert [table.default_layer(n) for n in (28, 36, 48, 64)] == [16, 21, 27, 37]
+
+
+def test_video_prompt_raises_under_prune():
+    model, proc = load("qwen3_vl", "sdpa")
+    inputs = tiny_inputs("qwen3_vl", proc, make_image(192, 160, seed=1), PROMPT)
+    ids = inputs["input_ids"].clone()
+    ids[0, 1] = model.config.video_token_id  # a video placeholder in the prompt
+    with pytest.raises(NotImplementedError, match="video"), ivcprune.prune(model, make(None)):
+        model(input_ids=ids, attention_mask=inputs["attention_mask"])
+    with pytest.raises(NotImplementedError, match="video"), ivcprune.prune(model, make(None)):
+        model(**inputs, video_grid_thw=torch.tensor([[2, 4, 4]]))
