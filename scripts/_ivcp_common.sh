@@ -52,6 +52,7 @@ ivcp_run_matrix() {
   echo "[ivcp] datasets: $datasets"
   echo "[ivcp] LMUData=${LMUData:-~/LMUData (unset)} WORK_DIR=$work GPUs=$ngpu"
   local failed=0 total=0 model data rc
+  local failed_pairs=()
   for model in $models; do
     for data in $datasets; do
       total=$((total + 1))
@@ -60,12 +61,18 @@ ivcp_run_matrix() {
       rc=$?
       if [ "$rc" -eq 130 ]; then echo "[ivcp] interrupted"; exit 130; fi
       if [ "$rc" -ne 0 ]; then
+        # the runner printed why above (preflight, failed rows, judge); a failed pair has no trustworthy score
         echo "[ivcp] FAILED (exit $rc): $model x $data"
         failed=$((failed + 1))
+        failed_pairs+=("$model x $data (exit $rc)")
       fi
     done
   done
   echo "[ivcp] $((total - failed)) of $total pair(s) succeeded"
+  if [ "$failed" -gt 0 ]; then
+    echo "[ivcp] failed pairs (no trustworthy score; see the messages above):"
+    printf '[ivcp]   %s\n' "${failed_pairs[@]}"
+  fi
   [ "$failed" -eq 0 ]
 }
 

@@ -7,7 +7,6 @@ any point and resumed under any world size; rank 0 merges the parts into the VLM
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import socket
@@ -461,7 +460,7 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
             try:
                 infer_rows(pair, ds, todo, slot, ctx, fp, session, args)
             except ModelLoadError as err:
-                rank_error = f"model {pair.entry.name}: {err}"
+                rank_error = f"model {pair.entry.name}: {err} (traceback in {pair.path('_error.log')})"
                 _write_error_log(pair, f"{rank_error}\n{slot.error}")
             except KeyboardInterrupt:
                 raise
