@@ -56,11 +56,13 @@ def rotary(text_model, hidden, positions):
     return text_model.rotary_emb(hidden, positions)
 
 
-def oracle_logits(case: Case, model, inputs, keep: list[int], generated: list[int], layer: int):
+def oracle_logits(case: Case, model, inputs, keep: list[int], generated: list[int], layer: int, stages=()):
     """One cache-less forward over prompt + generated tokens with a fixed keep set (sample 0, no padding).
 
     Layers < K see the full prompt causally, generated rows masked from pruned prompt positions; layers >= K run
-    on keep + generated. Returns the logits that predict each generated token (len(generated) + 1 rows).
+    on keep + generated. ``stages``: the later stages of a multi-stage selection as (layer, keep) pairs, each
+    narrowing the rows again from its layer on. Returns the logits that predict each generated token
+    (len(generated) + 1 rows).
     """
     adapter = ivcprune.models.get_adapter(model)
     text = adapter.text_model
@@ -108,13 +110,22 @@ def oracle_logits(case: Case, model, inputs, keep: list[int], generated: list[in
         cos_sin = tuple(t[:, rows] for t in cos_sin)
         m = rows.numel()
         mask = _allowed_to_mask(torch.ones(m, m, dtype=torch.bool).tril(), impl, hidden.dtype)
+        later = dict(stages)
         for i in range(layer, len(text.layers)):
+            if i in later:  # a later stage: keep its prompt rows and every generated row
+                narrow = torch.isin(rows, torch.tensor(later[i])) | (rows >= s)
+                rows, hidden = rows[narrow], hidden[:, narrow]
+                cos_sin = tuple(t[:, narrow] for t in cos_sin)
+                keep = later[i]
+                m = rows.numel()
+                mask = _allowed_to_mask(torch.ones(m, m, dtype=torch.bool).tril(), impl, hidden.dtype)
             hidden = text.layers[i](hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=None,
                                     past_key_values=None, use_cache=False)
             hidden = add_residual(i, hidden, rows)
         hidden = text.norm(hidden)
-        logits = model.lm_head(hidden)
-    first = len(keep) - 1  # the last prompt row predicts the first generated token
+        head = model.lm_head if hasattr(model, "lm_head") else model.language.lm_head  # DeepSeek-VL2: language
+        logits = head(hidden)
+    first = len(keep) - 1  # the last prompt row (of the last stage) predicts the first generated token
     return logits[0, first:]
 
 
@@ -178,13 +189,15 @@ def check_cache(model, inputs, make, layer, steps):
     sel = trace.selections[-1]
     p = sel.max_kept
     assert p == sel.valid_length[0] - sel.image_tokens[0] + sel.kept_image_tokens[0]
-    assert cache_lengths(cache) == [p + steps - 1] * n_layers
+    counts = sel.cache_counts(0)  # [p] * N_L for one stage; per layer as the stages say for several
+    assert len(counts) == n_layers and counts[:max(1, layer)] == [p] * max(1, layer)
+    assert cache_lengths(cache) == [c + steps - 1 for c in counts]
     with torch.no_grad():
         full = model(**inputs, use_cache=True).past_key_values
         with ivcprune.prune(model, make(None)) as tr:
             out = model(**inputs, use_cache=True)
-    assert out.logits.shape[1] == p
-    assert cache_lengths(out.past_key_values) == [p] * n_layers
+    assert out.logits.shape[1] == len(tr.selections[-1].final_kept[0])
+    assert cache_lengths(out.past_key_values) == counts
     keep = torch.tensor(tr.selections[-1].kept[0])
     for i in range(layer):
         assert torch.equal(out.past_key_values.layers[i].keys[0], full.layers[i].keys[0][:, keep])
@@ -244,10 +257,11 @@ def check_handwritten_decode(model, inputs, make, steps):
 
 def check_oracle(case, model, inputs, make, layer, steps):
     seq, scores, _, trace = greedy(model, inputs, steps, make(None))
-    keep = trace.selections[-1].kept[0]
+    sel = trace.selections[-1]
+    keep = sel.kept[0]
     prompt_len = inputs["input_ids"].shape[1]
     generated = seq[0, prompt_len:prompt_len + steps - 1].tolist()
-    ref = oracle_logits(case, model, inputs, keep, generated, layer)
+    ref = oracle_logits(case, model, inputs, keep, generated, layer, [(st.layer, st.kept[0]) for st in sel.stages])
     for step, score in enumerate(scores):
         valid = torch.isfinite(score[0])
         assert torch.allclose(ref[step][valid], score[0][valid], atol=1e-5), step
@@ -266,6 +280,8 @@ def check_padded_batch(case, model, proc, make, steps, images, texts):
         seq_a, scores_a, _, tr_a = greedy(model, alone, steps, make(None))
         offset = width - alone["input_ids"].shape[1]
         assert [i - offset for i in sel_b.kept[b]] == tr_a.selections[-1].kept[0]
+        for st_b, st_a in zip(sel_b.stages, tr_a.selections[-1].stages, strict=True):  # multi-stage: every stage
+            assert [i - offset for i in st_b.kept[b]] == st_a.kept[0]
         assert seq_b[b, width:].tolist() == seq_a[0, alone["input_ids"].shape[1]:].tolist()
         for sb, sa in zip(scores_b, scores_a):
             valid = torch.isfinite(sa[0])
@@ -286,7 +302,7 @@ def check_use_cache_false(model, inputs, make):
     with torch.no_grad(), ivcprune.prune(model, make(None)) as trace:
         cached = model(**inputs, use_cache=True).logits
         uncached = model(**inputs, use_cache=False).logits
-    p = trace.selections[-1].max_kept
+    p = max(len(k) for k in trace.selections[-1].final_kept)
     assert uncached.shape[1] == cached.shape[1] == p
     assert torch.allclose(uncached[:, -1], cached[:, -1], atol=1e-6)
     assert len(trace.selections) == 2

@@ -14,7 +14,7 @@ import ivcprune
 from ivcprune.core.ranking import top_k
 from ivcprune.core.rope import ivc_scores, ivc_select
 from ivcprune.core.selection import ImageRecord
-from ivcprune.methods import make_method, method_names
+from ivcprune.methods import make_method, method_names, selects_at
 from ivcprune.methods.base import SampleContext
 from ivcprune.methods.baseline import BudgetedMethod
 from ivcprune.methods.fastv import attention_received
@@ -29,7 +29,8 @@ from invariants import cache_lengths, greedy
 
 K, STEPS = 2, 3
 PROMPT = "Locate the red circle on the left and output the bbox coordinates in JSON format."
-BASELINES = [m for m in method_names() if m != "ivcp"]
+# the methods that select once at layer K (pre-LLM and multi-stage ones: test_methods_comparison.py and the matrix)
+BASELINES = [m for m in method_names() if m != "ivcp" and selects_at(m) == "layer"]
 DETERMINISTIC = [m for m in BASELINES if not m.startswith("random")]
 
 

@@ -36,7 +36,8 @@ class Stage:
     """One later stage of a multi-stage selection: from ``layer`` on, sample b holds only ``kept[b]``."""
 
     layer: int
-    kept: list[list[int]]
+    kept: list[list[int]]  # per sample: every kept prompt position (text included) from ``layer`` on
+    image_kept: list[list[list[int]]] = field(default_factory=list)  # per sample, per image: the kept image tokens
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Selection:
     # multi-stage methods (docs/ARCHITECTURE.md §5): the stages after the first, each narrowing the previous kept
     # set; empty for single-stage methods, whose one stage is the record's own layer / kept.
     stages: list[Stage] = field(default_factory=list)
+    kv_bytes_per_layer: list[int] = field(default_factory=list)  # beta_l per layer (filled for multi-stage records)
 
     @property
     def batch_size(self) -> int:
@@ -92,18 +94,48 @@ class Selection:
         return [sum(len(im.kept) for im in ims) for ims in self.images]
 
     @property
+    def schedule(self) -> list[tuple[int, list[list[int]]]]:
+        """Every stage as (layer, kept per sample), the record's own layer / kept first."""
+        return [(self.layer, self.kept)] + [(st.layer, st.kept) for st in self.stages]
+
+    @property
+    def final_kept(self) -> list[list[int]]:
+        """What the last stage keeps: the rows of the text model's output."""
+        return self.stages[-1].kept if self.stages else self.kept
+
+    def cache_counts(self, b: int) -> list[int]:
+        """Prompt tokens of sample b in each layer's KV cache: layers below the second stage hold the first stage's
+        kept set (the first stage cuts the layers below it), layers in [K_j, K_j+1) for j >= 2 hold stage j's."""
+        counts = [len(self.kept[b])] * self.num_layers
+        for st in self.stages:
+            counts[st.layer:] = [len(st.kept[b])] * (self.num_layers - st.layer)
+        return counts
+
+    def _layer_bytes(self) -> list[float]:
+        if len(self.kv_bytes_per_layer) == self.num_layers:
+            return [float(x) for x in self.kv_bytes_per_layer]
+        return [self.kv_bytes_per_token / max(1, self.num_layers)] * self.num_layers
+
+    @property
     def kv_bytes_full(self) -> list[int]:
         """Logical KV-cache bytes of each sample's prompt without pruning (all layers)."""
         return [s * self.kv_bytes_per_token for s in self.valid_length]
 
     @property
     def kv_bytes_kept(self) -> list[int]:
-        """Logical KV-cache bytes of each sample's kept prompt (all layers)."""
+        """Logical KV-cache bytes of each sample's kept prompt (all layers; per layer as the stages say)."""
+        if self.stages:
+            beta = self._layer_bytes()
+            return [round(sum(n * x for n, x in zip(self.cache_counts(b), beta))) for b in range(self.batch_size)]
         return [p * self.kv_bytes_per_token for p in self.kept_count]
 
     @property
     def kv_bytes_saved_physical(self) -> int:
         """Bytes the batch cache really shrank by: B * (S - P_max) * sum_l beta_l (slots included)."""
+        if self.stages:
+            beta = self._layer_bytes()
+            lengths = [max(col) for col in zip(*(self.cache_counts(b) for b in range(self.batch_size)))]
+            return round(self.batch_size * sum((self.prompt_length - n) * x for n, x in zip(lengths, beta)))
         return self.batch_size * (self.prompt_length - self.max_kept) * self.kv_bytes_per_token
 
     def summary(self) -> dict:
@@ -122,4 +154,6 @@ class Selection:
             "kv_bytes_saved_physical": self.kv_bytes_saved_physical,
             "selection_ms": self.selection_ms,
             "pruned": self.pruned,
+            **({"stages": [{"layer": layer, "kept_count": [len(k) for k in kept]} for layer, kept in self.schedule]}
+               if self.stages else {}),
         }

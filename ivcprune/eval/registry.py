@@ -106,10 +106,14 @@ def _load_file(path: Path) -> dict[str, dict]:
 
 
 def method_variant(settings: dict, method: str) -> dict:
-    """An IVCP entry's settings with the pruning method swapped; K and the retention stay the same."""
+    """An IVCP entry's settings with the pruning method swapped; the retention stays the same, and so does K for
+    methods that select at one layer (pre-LLM and multi-stage methods select where they are defined to)."""
+    from ivcprune.methods import selects_at
+
     variant = copy.deepcopy(settings)
     old = variant.get("pruning") or {}
-    variant["pruning"] = {"method": method, "layer": old.get("layer"), "retention": old.get("retention")}
+    layer = old.get("layer") if selects_at(method) == "layer" else None
+    variant["pruning"] = {"method": method, "layer": layer, "retention": old.get("retention")}
     return variant
 
 

@@ -30,20 +30,22 @@ class AttentionTap:
     Every other module passes straight through. ``remove()`` restores the previous registration.
     """
 
-    def __init__(self, runtime, target, impl: str):
+    def __init__(self, runtime, target, impl: str, name: str = CAPTURE_KEY):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as registry
 
+        targets = target if isinstance(target, dict) else {target: name}  # several layers: {module: capture name}
         self.registry, self.impl = registry, impl
         local = getattr(registry, "_local_mapping", {})
         self.previous = local.get(impl)
         if impl in registry:
             inner = registry[impl]
         else:  # "eager" is not registered: each model file has its own eager function
-            inner = sys.modules[type(target).__module__].eager_attention_forward
+            inner = sys.modules[type(next(iter(targets))).__module__].eager_attention_forward
 
         def tapped(module, query, key, value, *args, **kwargs):
-            if module is target:
-                runtime.capture(CAPTURE_KEY, (query.detach(), key.detach()))
+            found = targets.get(module)
+            if found is not None:
+                runtime.capture(found, (query.detach(), key.detach()))
             return inner(module, query, key, value, *args, **kwargs)
 
         self.tapped = tapped

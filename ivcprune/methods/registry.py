@@ -76,6 +76,12 @@ def variant_suffixes() -> dict[str, str]:
     return out
 
 
+def selects_at(name: str) -> str:
+    """Where the named method selects: "layer" (one layer K, the ``layer`` argument), "pre-llm" (K = 0) or "stages"
+    (a multi-stage schedule); callers pass ``layer`` only to "layer" methods."""
+    return make_method(name).selects_at
+
+
 def make_method(name: str, layer: int | None = None, retention: float | None = None, **options):
     """A method from its name (``ivcp``, ``fastv``, ``fastv+ivc``, ...): the one factory everything shares."""
     _load_builtins()

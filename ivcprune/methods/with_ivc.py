@@ -45,8 +45,27 @@ class WithIVC(PruningMethod):
     def is_identity(self) -> bool:
         return self.method.is_identity()
 
+    @property
+    def selects_at(self) -> str:
+        return self.method.selects_at
+
+    @property
+    def min_layer(self) -> int:
+        return self.method.min_layer
+
     def resolve_layer(self, adapter) -> int:
         return self.method.resolve_layer(adapter)
+
+    def schedule(self, adapter) -> list[int]:
+        return self.method.schedule(adapter)
+
+    def select_stage(self, ctx: SampleContext, image: ImageRecord, current: list[int]) -> list[int]:
+        """Later stages of a multi-stage X: the IVC tokens survive, X fills the stage's budget from the rest."""
+        structural = set((structural_tokens(ctx, image) + image.start).tolist())
+        ivc = set(image.ivc) & set(current)
+        n = max(0, self.method.budget(ctx, image) - len(ivc - structural))
+        fill = self.method.stage_fill(ctx, image, current, ivc, n)
+        return sorted(ivc | set(fill) | (structural & set(current)))
 
     def attach_captures(self, runtime) -> list:
         return self.method.attach_captures(runtime)

@@ -38,12 +38,14 @@ def cut_layers(cache, num_layers: int, index: torch.Tensor) -> None:
 
 def bytes_per_token(cache, num_layers: int) -> int:
     """Sum over layers of bytes per cached token, read from the live tensors (never a hard-coded dtype)."""
-    total = 0
+    return sum(bytes_per_layer(cache, num_layers))
+
+
+def bytes_per_layer(cache, num_layers: int) -> list[int]:
+    """Bytes per cached token of each layer (beta_l), read from the live tensors."""
     layers = list(cache.layers) if cache is not None else []
-    for layer in layers[:num_layers]:
-        for _, t in layer_tensors(layer):
-            total += t.shape[1] * t.shape[3] * t.element_size()
-    return total
+    return [sum(t.shape[1] * t.shape[3] * t.element_size() for _, t in layer_tensors(layer))
+            for layer in layers[:num_layers]]
 
 
 def cache_length(cache) -> int:

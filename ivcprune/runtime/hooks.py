@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ivcprune.core.selection import ImageRecord, Selection
+from ivcprune.core.selection import ImageRecord, Selection, Stage
 from ivcprune.methods.base import PruningMethod, SampleContext
 from ivcprune.models.base import FamilyAdapter, RequestInputs
 from ivcprune.runtime import cache as kv
-from ivcprune.runtime.masks import compact_mask
+from ivcprune.runtime.masks import compact_mask, decode_mask
 
 SUPPORTED_ATTENTION = ("eager", "sdpa", "flash_attention_2")
 
@@ -38,6 +38,9 @@ class _Request:
     residual: dict = field(default_factory=dict)  # {layer: (mask, features)} the runtime adds (adapter residual inputs)
     cache: object = None
     selection: Selection | None = None
+    rows: torch.Tensor | None = None  # (B, P) absolute position of each row of the current compact layout
+    stage_real: list = field(default_factory=list)  # (B, P_j) real-row masks of the stages after the first
+    stage_kept: list | None = None  # per sample, per image: what the latest stage kept (multi-stage methods)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class _Decode:
     prompt_length: int  # S
     compact_valid: torch.Tensor  # (B, P_max) long, 0 on slots
     last_position: torch.Tensor  # (B,) largest prefill position id per sample
+    stage_valid: list = field(default_factory=list)  # (B, P_j) long of the stages after the first (multi-stage)
 
     @property
     def kept_length(self) -> int:
@@ -61,7 +65,9 @@ class PruneRuntime:
         self.model = model
         self.method = method
         self.adapter = adapter
-        self.layer = method.resolve_layer(adapter)
+        self.schedule = list(method.schedule(adapter))  # K1 < K2 < ...: one entry unless the method is multi-stage
+        self.layer = self.schedule[0]
+        self._step: dict | None = None  # a decode step of a multi-stage cache: the 2-D masks of its later stages
         self.selections: list[Selection] = []
         self._handles: list = []
         self._request: _Request | None = None
@@ -90,8 +96,14 @@ class PruneRuntime:
         self._residual_layers = residual if any(i >= k for i in residual) else []
         for i in self._residual_layers:
             reg(a.layers[i].register_forward_hook(functools.partial(self._residual_hook, i)))
-        for layer in a.layers[k + 1:]:
-            reg(layer.register_forward_pre_hook(self._later_layer_pre_hook, with_kwargs=True))
+        if len(self.schedule) == 1:
+            for layer in a.layers[k + 1:]:
+                reg(layer.register_forward_pre_hook(self._later_layer_pre_hook, with_kwargs=True))
+            return
+        for i in range(k + 1, a.num_layers):  # multi-stage: group j holds the layers [K_j, K_j+1)
+            group = sum(1 for s in self.schedule[1:] if s <= i)
+            hook = functools.partial(self._stage_layer_pre_hook, group, i in self.schedule)
+            reg(a.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -116,6 +128,7 @@ class PruneRuntime:
             tokens = kwargs.get("inputs_embeds")
         q_len = tokens.shape[1] if tokens is not None else 0
         past = kv.cache_length(cache)
+        self._step = None
         if past == 0:
             self._start_request(args, kwargs, q_len)
             return None
@@ -174,6 +187,11 @@ class PruneRuntime:
         elif mask is None and not bool(d.compact_valid.all()):
             ones = torch.ones(d.compact_valid.shape[0], steps + q_len, dtype=torch.long, device=device)
             kwargs["attention_mask"] = torch.cat([d.compact_valid, ones], dim=1)
+        if d.stage_valid:
+            tail = kwargs["attention_mask"][:, -(steps + q_len):] if kwargs.get("attention_mask") is not None else \
+                torch.ones(d.compact_valid.shape[0], steps + q_len, dtype=torch.long, device=device)
+            self._step = {"valid": [torch.cat([v.to(tail.device, tail.dtype), tail], dim=1) for v in d.stage_valid],
+                          "masks": {}}
         if kwargs.get("position_ids") is None:
             offsets = torch.arange(q_len, device=device) + steps + 1
             kwargs["position_ids"] = self.adapter.decode_position_ids(d.last_position.to(device)[:, None] + offsets)
@@ -210,18 +228,29 @@ class PruneRuntime:
         start = time.perf_counter()
         hidden = args[0] if args else kwargs["hidden_states"]
         batch, length = hidden.shape[:2]
-        keeps = self._select(req)
-        counts = [len(k) for k in keeps]
-        p_max = max(counts)
-        index = torch.empty(batch, p_max, dtype=torch.long)
-        real = torch.zeros(batch, p_max, dtype=torch.bool)
-        for b, keep in enumerate(keeps):
-            pad = p_max - len(keep)
-            index[b, :pad] = keep[0]
-            index[b, pad:] = torch.tensor(keep, dtype=torch.long)
-            real[b, pad:] = True
-        index, real = index.to(hidden.device), real.to(hidden.device)
+        keeps = self._select(req, hidden)
+        index, real = _layout(keeps, hidden.device)
+        gathered, compact = self._compact(kwargs, hidden, index, real)
+        cache = kwargs.get("past_key_values")
+        if cache is not None:
+            kv.cut_layers(cache, self.layer, index)  # nothing to cut at K = 0
+            req.cache = cache
+        req.compact = compact
+        req.layout = (index, real)
+        req.rows = index
+        req.selection = self._record(req, keeps, length)
+        req.extras["real"] = real
+        req.selection.selection_ms = (time.perf_counter() - start) * 1000.0
+        new_kwargs = {**kwargs, **compact}
+        if args:
+            return (gathered,) + tuple(args[1:]), new_kwargs
+        new_kwargs["hidden_states"] = gathered
+        return args, new_kwargs
 
+    def _compact(self, kwargs: dict, hidden: torch.Tensor, index: torch.Tensor, real: torch.Tensor):
+        """Hidden states and the kwargs of the next layers at ``index`` (B, P) rows of the incoming layout."""
+        batch, length = hidden.shape[:2]
+        p_max = index.shape[1]
         compact = {}
         gathered = _gather_seq(hidden, index)
         emb = kwargs.get("position_embeddings")
@@ -242,26 +271,61 @@ class PruneRuntime:
                 compact["attention_mask"] = None
             else:
                 compact["attention_mask"] = compact_mask(real, impl, hidden.dtype)
-        cache = kwargs.get("past_key_values")
-        if cache is not None and kv.cache_length(cache) > 0:
-            kv.cut_layers(cache, self.layer, index)
-            req.cache = cache
-        req.compact = compact
-        req.layout = (index, real)
-        req.selection = self._record(req, keeps, length)
-        req.extras["real"] = real
-        req.selection.selection_ms = (time.perf_counter() - start) * 1000.0
-        new_kwargs = {**kwargs, **compact}
-        if args:
-            return (gathered,) + tuple(args[1:]), new_kwargs
-        new_kwargs["hidden_states"] = gathered
-        return args, new_kwargs
+        return gathered, compact
 
     def _later_layer_pre_hook(self, module, args, kwargs):
         req = self._request
         if req is None or req.compact is None:
             return None
         return args, {**kwargs, **req.compact}
+
+    def _stage_layer_pre_hook(self, group: int, boundary: bool, module, args, kwargs):
+        """Layers after K1 of a multi-stage method: a later stage's selection at its first layer (prefill), the
+        compact kwargs (prefill), and at decode the mask of the group's own cache length (groups >= 1)."""
+        req = self._request
+        if req is not None:
+            if req.compact is None:
+                return None
+            kwargs = {**kwargs, **req.compact}
+            return self._run_stage(group, args, kwargs) if boundary else (args, kwargs)
+        step = self._step
+        if step is None or group == 0:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        mask = step["masks"].get(group)
+        if mask is None:
+            mask = decode_mask(step["valid"][group - 1], hidden.shape[1], self.adapter.attn_implementation,
+                               hidden.dtype)
+            step["masks"][group] = mask
+        return args, {**kwargs, "attention_mask": mask}
+
+    def _run_stage(self, stage: int, args, kwargs):
+        """Stage j >= 1 at layer K_j: narrow the kept set, gather the compact layout again (no cache is cut: the
+        layers below keep their then-current tokens)."""
+        req = self._request
+        start = time.perf_counter()
+        hidden = args[0] if args else kwargs["hidden_states"]
+        keeps = self._select_stage(req, stage, hidden)
+        rows = req.rows.cpu()
+        real_prev = (req.stage_real[-1] if req.stage_real else req.extras["real"]).cpu()
+        local = []
+        for b, keep in enumerate(keeps):
+            where = {int(p): r for r, (p, ok) in enumerate(zip(rows[b].tolist(), real_prev[b].tolist())) if ok}
+            local.append([where[p] for p in keep])
+        index, real = _layout(local, hidden.device)
+        gathered, compact = self._compact(kwargs, hidden, index, real)
+        req.rows = req.rows.gather(1, index.to(req.rows.device))
+        req.compact = compact
+        req.stage_real.append(real)
+        sel = req.selection
+        sel.stages.append(Stage(layer=self.schedule[stage], kept=keeps,
+                                image_kept=[[list(k) for k in sample] for sample in req.stage_kept]))
+        sel.selection_ms += (time.perf_counter() - start) * 1000.0
+        kwargs = {**kwargs, **compact}
+        if args:
+            return (gathered,) + tuple(args[1:]), kwargs
+        kwargs["hidden_states"] = gathered
+        return args, kwargs
 
     def _residual_hook(self, layer_idx, module, args, output):
         """Add the adapter's residual inputs after ``layer_idx`` (as the text model would), at the kept positions
@@ -292,14 +356,17 @@ class PruneRuntime:
             positions = req.positions.masked_fill(~valid[None], torch.iinfo(req.positions.dtype).min)
             last = positions.amax(dim=(0, 2))
             self._decode = _Decode(cache=req.cache, prompt_length=req.inputs.input_ids.shape[1],
-                                   compact_valid=real.long(), last_position=last)
+                                   compact_valid=real.long(), last_position=last,
+                                   stage_valid=[r.long() for r in req.stage_real])
+            if sel.stages:
+                sel.kv_bytes_per_layer = kv.bytes_per_layer(req.cache, self.adapter.num_layers)
         else:
             sel.kv_bytes_per_token = self._config_bytes_per_token()
         self.selections.append(sel)
         return None
 
     # --- selection ---------------------------------------------------------------------------------------------
-    def _select(self, req: _Request) -> list[list[int]]:
+    def _select(self, req: _Request, hidden: torch.Tensor | None = None) -> list[list[int]]:
         values = None
         if self.method.needs_values:
             if req.values is None:
@@ -314,6 +381,7 @@ class PruneRuntime:
                 index=b, valid=valid, positions=req.positions[:, b].cpu(), images=images, inv_freq=inv_freq,
                 settings=settings, adapter=self.adapter,
                 values=None if values is None else values[b], extras=req.extras,
+                hidden=hidden[b] if hidden is not None and "hidden" in self.method.captures else None,
             )
             for image in images:
                 self.method.select_image(ctx, image)
@@ -321,6 +389,34 @@ class PruneRuntime:
             for image in images:
                 keep.update(image.kept)
             keeps.append(sorted(keep))
+        req.stage_kept = [[list(im.kept) for im in images] for images in req.images]
+        return keeps
+
+    def _select_stage(self, req: _Request, stage: int, hidden: torch.Tensor) -> list[list[int]]:
+        """Stage ``stage`` >= 1: each image narrowed from what the previous stage kept of it."""
+        inv_freq = self.adapter.inv_freq()
+        settings = self.method.family_defaults(self.adapter)
+        real = req.stage_real[-1] if req.stage_real else req.extras["real"]
+        keeps, stage_kept = [], []
+        for b, images in enumerate(req.images):
+            rows = req.rows[b].cpu().masked_fill(~real[b].cpu(), -1)
+            ctx = SampleContext(
+                index=b, valid=req.inputs.valid[b].cpu(), positions=req.positions[:, b].cpu(), images=images,
+                inv_freq=inv_freq, settings=settings, adapter=self.adapter, extras=req.extras, rows=rows, stage=stage,
+                hidden=hidden[b] if "hidden" in self.method.captures else None,
+            )
+            kept = []
+            for image, current in zip(images, req.stage_kept[b]):
+                new = sorted(int(p) for p in self.method.select_stage(ctx, image, current))
+                if not set(new) <= set(current):
+                    raise RuntimeError(f"{self.method.label()}: stage {stage} kept tokens the previous stage dropped")
+                kept.append(new)
+            keep = set(ctx.text_positions().tolist())
+            for k in kept:
+                keep.update(k)
+            keeps.append(sorted(keep))
+            stage_kept.append(kept)
+        req.stage_kept = stage_kept
         return keeps
 
     def _record(self, req: _Request, keeps: list[list[int]], length: int) -> Selection:
@@ -341,6 +437,19 @@ def _add_at(hidden: torch.Tensor, mask: torch.Tensor, features: torch.Tensor) ->
     hidden = hidden.clone()
     hidden[mask, :] = hidden[mask, :] + features.to(hidden.device, hidden.dtype)
     return hidden
+
+
+def _layout(keeps: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-aligned compact layout: (B, P_max) indices (slots repeat the first kept index) and the real-row mask."""
+    p_max = max(len(k) for k in keeps)
+    index = torch.empty(len(keeps), p_max, dtype=torch.long)
+    real = torch.zeros(len(keeps), p_max, dtype=torch.bool)
+    for b, keep in enumerate(keeps):
+        pad = p_max - len(keep)
+        index[b, :pad] = keep[0]
+        index[b, pad:] = torch.tensor(keep, dtype=torch.long)
+        real[b, pad:] = True
+    return index.to(device), real.to(device)
 
 
 def _gather_seq(tensor: torch.Tensor, index: torch.Tensor, batch: int | None = None) -> torch.Tensor:

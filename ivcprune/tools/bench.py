@@ -100,12 +100,13 @@ def _measure(args, device) -> dict:
 
 
 def _settings(args, bundle) -> list[Setting]:
-    from ivcprune.methods import make_method
+    from ivcprune.methods import make_method, selects_at
 
     settings = [Setting("unpruned", None, 1.0)]
     for ret in _floats(args.retention):
         for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            settings.append(Setting(f"{name}@{ret:g}", make_method(name, bundle.layer, ret), ret))
+            layer = bundle.layer if selects_at(name) == "layer" else None  # K = 0 / a schedule: their own layers
+            settings.append(Setting(f"{name}@{ret:g}", make_method(name, layer, ret), ret))
     return settings
 
 
@@ -128,7 +129,10 @@ def _report(args, bundle, settings: list[Setting], device, dtype) -> dict:
         text_ms = _median([r["text_ms"] for r in runs])
         sel = runs[-1]["selection"]
         kept = sel["kept_count"][0] if sel else bundle.prompt_length
-        flops = kit.prefill_flops(bundle.flop_model, bundle.prompt_length, kept, bundle.layer, pruned=s.method is not None)
+        layer = sel["layer"] if sel else bundle.layer
+        stages = [(st["layer"], st["kept_count"][0]) for st in sel.get("stages", [])[1:]] if sel else []
+        flops = kit.prefill_flops(bundle.flop_model, bundle.prompt_length, kept, layer, pruned=s.method is not None,
+                                  stages=stages)
         ideal = flops["full"] / flops["pruned"]
         paired = [b["text_ms"] / r["text_ms"] for b, r in zip(base.runs, runs)]  # same repeat: adjacent in time
         measured = _median(paired)
@@ -136,11 +140,16 @@ def _report(args, bundle, settings: list[Setting], device, dtype) -> dict:
         selection_ms = _median([r["selection"]["selection_ms"] for r in runs if r["selection"]]) if sel else 0.0
         decode = _median([r["decode_ms_per_token"] for r in runs])
         kv_measured = runs[-1]["kv_bytes"]
-        kv_analytic = kit.analytic_kv_bytes(bundle.flop_model, kept, bundle.element_size)
+        n_layers = bundle.flop_model["num_layers"]
+        ends = [st for st, _ in stages] + [n_layers]
+        per_layer = kept * ends[0] + sum((end - st) * count for (st, count), end in zip(stages, ends[1:]))
+        kv_analytic = kit.analytic_kv_bytes(bundle.flop_model, per_layer / n_layers if stages else kept,
+                                            bundle.element_size)
         rows.append({
             "setting": s.label,
             "method": s.method.label() if s.method is not None else "none",
             "retention": s.retention,
+            "layers": [layer] + [st for st, _ in stages] if sel else [],  # K (K1, K2, ... for multi-stage)
             "prompt_length": bundle.prompt_length,
             "image_tokens": bundle.image_tokens,
             "kept_tokens": kept,

@@ -259,13 +259,20 @@ def flop_model(model) -> dict:
             "kv_heads": cfg.num_key_value_heads, "head_dim": head_dim, "weights_per_layer": weights}
 
 
-def prefill_flops(fm: dict, s: int, p: int, k: int, pruned: bool = True) -> dict:
-    """Ideal prefill FLOPs N_L f(S) and K f(S) + (N_L - K) f(P) (docs/ALGORITHM.md §8)."""
+def prefill_flops(fm: dict, s: int, p: int, k: int, pruned: bool = True, stages=()) -> dict:
+    """Ideal prefill FLOPs N_L f(S) and K f(S) + (N_L - K) f(P) (docs/ALGORITHM.md §8).
+
+    ``stages``: the later stages of a multi-stage selection as (K_j, P_j): layers [K_j, K_j+1) run on P_j tokens.
+    """
     def f(n):
         return fm["c1"] * n + fm["c2"] * n * n
 
-    full = fm["num_layers"] * f(s)
-    return {"full": full, "pruned": (k * f(s) + (fm["num_layers"] - k) * f(p)) if pruned else full}
+    n_layers = fm["num_layers"]
+    full = n_layers * f(s)
+    bounds = [(k, p), *stages]
+    ends = [layer for layer, _ in bounds[1:]] + [n_layers]
+    staged = k * f(s) + sum((end - layer) * f(count) for (layer, count), end in zip(bounds, ends))
+    return {"full": full, "pruned": staged if pruned else full}
 
 
 def analytic_kv_bytes(fm: dict, tokens: int, element_size: int) -> int:
