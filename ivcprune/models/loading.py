@@ -13,6 +13,8 @@ from pathlib import Path
 MODEL_CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
     "llava": "LlavaForConditionalGeneration",
     "internvl": "InternVLForConditionalGeneration",
     "deepseek_vl_v2": "ivcprune.models.deepseek_vl2:DeepseekVL2ForCausalLM",

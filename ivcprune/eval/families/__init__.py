@@ -9,7 +9,7 @@ import importlib
 
 from ivcprune.eval.families.base import HarnessFamily
 
-MODULES = ("qwen2_5_vl", "qwen2_vl", "internvl", "deepseek_vl2", "llava")
+MODULES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "internvl", "deepseek_vl2", "llava")
 
 
 def family_names() -> tuple[str, ...]:

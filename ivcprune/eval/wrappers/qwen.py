@@ -15,9 +15,13 @@ FACTOR = 28  # patch 14 x spatial merge 2
 class QwenVL(VLWrapper):
     """The harness Model for the ``qwen2_vl`` and ``qwen2_5_vl`` families."""
 
+    factor = FACTOR  # pixels per merged token side
+    default_min_pixels = 4 * 28 * 28
+    default_max_pixels = 16384 * 28 * 28
+
     def __init__(self, entry, device: str = "cpu"):
-        self.min_pixels = int(entry.get("min_pixels") or 4 * 28 * 28)
-        self.max_pixels = int(entry.get("max_pixels") or 16384 * 28 * 28)
+        self.min_pixels = int(entry.get("min_pixels") or self.default_min_pixels)
+        self.max_pixels = int(entry.get("max_pixels") or self.default_max_pixels)
         super().__init__(entry, device)
 
     def model_class_name(self) -> str:
@@ -31,7 +35,8 @@ class QwenVL(VLWrapper):
         """(w', h'): the frame the vision encoder sees after the processor's resize."""
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-        rh, rw = smart_resize(int(h), int(w), factor=FACTOR, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        rh, rw = smart_resize(int(h), int(w), factor=self.factor, min_pixels=self.min_pixels,
+                              max_pixels=self.max_pixels)
         return rw, rh
 
     def _decode(self, new) -> str:
