@@ -105,7 +105,8 @@ def convert_both(ann_file: Path, images_folder: Path, root: Path) -> dict[str, P
 
     tsv = {}
     for qwen25 in (False, True):
-        rep = convert([ann_file], images_folder, root, qwen25=qwen25, quiet=True)[0]
+        # generated data: a rerun with fewer rows replaces the previous sample (force)
+        rep = convert([ann_file], images_folder, root, qwen25=qwen25, quiet=True, force=True)[0]
         if rep.error or rep.skipped:
             raise RuntimeError(f"conversion of {ann_file} failed: {rep.error or rep.skipped[:3]}")
         tsv[rep.output.stem] = rep.output

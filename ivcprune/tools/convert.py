@@ -47,6 +47,14 @@ class FileReport:
     error: str | None = None
     size: int = 0
 
+    def skip_reasons(self) -> str:
+        """``reason N, reason M`` over all skipped rows, most frequent first."""
+        counts: dict = {}
+        for _, reason in self.skipped:
+            kind = reason.split(":", 1)[0].split(" (", 1)[0]  # the reason without its details
+            counts[kind] = counts.get(kind, 0) + 1
+        return ", ".join(f"{r} {n}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
 
 def output_name(stem: str, qwen25: bool, naming: str) -> tuple[str, str | None]:
     """Output file name for an annotation stem, plus a warning for stems we do not recognise."""
@@ -192,9 +200,18 @@ def _progress(total: int, label: str, quiet: bool):
     return update, (lambda: None)
 
 
+def count_rows(path: Path) -> int:
+    """Rows of an existing TSV (header excluded; quoted fields may span lines)."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        return max(sum(1 for _ in csv.reader(f, delimiter="\t")) - 1, 0)
+
+
 def convert_file(source: Path, output: Path, images_folder: Path, *, qwen25: bool = False, patch: int = 28,
-                 verify: bool = False, quiet: bool = False) -> FileReport:
-    """Convert one annotation file; write to a temporary file and rename it into place."""
+                 verify: bool = False, quiet: bool = False, force: bool = False) -> FileReport:
+    """Convert one annotation file; write to a temporary file and rename it into place.
+
+    Nothing replaces the output when no row could be written, and an existing TSV with more rows is kept unless
+    ``force`` (a wrong --images_folder must not wipe good data)."""
     report = FileReport(source=source, output=output)
     try:
         images, by_image = _load_json(source)
@@ -213,6 +230,13 @@ def convert_file(source: Path, output: Path, images_folder: Path, *, qwen25: boo
                     writer.writerow(row)
                     report.rows += 1
                 update(1)
+            f.flush()
+            os.fsync(f.fileno())
+        refusal = _refuse_replace(report, output, len(images), images_folder, force)
+        if refusal:
+            report.error = refusal
+            tmp.unlink(missing_ok=True)
+            return report
         os.replace(tmp, output)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -221,6 +245,23 @@ def convert_file(source: Path, output: Path, images_folder: Path, *, qwen25: boo
         close()
     report.size = output.stat().st_size
     return report
+
+
+def _refuse_replace(report: FileReport, output: Path, entries: int, images_folder: Path, force: bool) -> str | None:
+    """Why the new file must not replace ``output`` (no rows; fewer rows than the existing file), or None."""
+    if report.rows == 0:
+        hint = ""
+        if report.missing_images == len(report.skipped) and report.skipped:
+            hint = f"; is --images_folder {images_folder} the COCO train2014 folder?"
+        kept = " (the existing file is kept)" if output.exists() else ""
+        return (f"{output.name}: no row could be written: all {entries} entries were skipped "
+                f"({report.skip_reasons() or 'no entries'}){hint}{kept}")
+    if output.exists() and not force:
+        old = count_rows(output)
+        if old > report.rows:
+            return (f"{output.name}: refusing to replace the existing file ({old} rows) with {report.rows} rows "
+                    f"({len(report.skipped)} skipped: {report.skip_reasons()}); pass --force to replace it")
+    return None
 
 
 def _human(n: int) -> str:
@@ -251,12 +292,15 @@ def _print_report(rep: FileReport, mode: str, quiet: bool) -> None:
     if len(rep.warnings) > _LISTED:
         print(f"  ... {len(rep.warnings) - _LISTED} more warnings", file=err)
     if not quiet:
+        written = _human(rep.size) if not rep.error else "not written"
+        why = f"; skipped by reason: {rep.skip_reasons()}" if rep.skipped else ""
         print(f"{rep.output.name}: {rep.rows} rows, {len(rep.skipped)} skipped ({rep.missing_images} missing images), "
-              f"{len(rep.warnings)} warnings, mode={mode}, {_human(rep.size)}")
+              f"{len(rep.warnings)} warnings, mode={mode}, {written}{why}")
 
 
 def convert(annotation_files, images_folder, output_dir, *, qwen25: bool = False, patch_size: int = 28,
-            naming: str = "harness", verify_images: bool = False, quiet: bool = False) -> list[FileReport]:
+            naming: str = "harness", verify_images: bool = False, quiet: bool = False,
+            force: bool = False) -> list[FileReport]:
     """Convert every file; collisions and bad files are reported, never half-written."""
     images_folder, output_dir = Path(images_folder), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -278,10 +322,14 @@ def convert(annotation_files, images_folder, output_dir, *, qwen25: bool = False
             continue
         src = sources[0]
         rep = convert_file(src, output_dir / name, images_folder, qwen25=qwen25, patch=patch_size,
-                           verify=verify_images, quiet=quiet)
+                           verify=verify_images, quiet=quiet, force=force)
         reports.append(rep)
         if rep.error:
-            print(f"error: {rep.error}; file skipped", file=sys.stderr)
+            if rep.rows or rep.skipped:  # converted but not written: say what was skipped and why
+                _print_report(rep, mode, quiet)
+                print(f"error: {rep.error}", file=sys.stderr)
+            else:
+                print(f"error: {rep.error}; file skipped", file=sys.stderr)
             continue
         _print_report(rep, mode, quiet)
         expected = _expected_count(src.stem)
@@ -308,6 +356,8 @@ def build_parser(prog: str = "ivcp convert") -> argparse.ArgumentParser:
     p.add_argument("--verify-images", dest="verify_images", action="store_true",
                    help="decode every image, skip undecodable ones, warn on size mismatches")
     p.add_argument("--strict", action="store_true", help="exit 1 if any row was skipped")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing TSV even when the new one has fewer rows")
     return p
 
 
@@ -322,7 +372,8 @@ def cli_main(argv: list[str] | None = None, prog: str = "ivcp convert") -> int:
     if args.patch_size <= 0:
         parser.error("--patch_size must be positive")
     reports = convert(args.annotations_files, args.images_folder, args.output_dir, qwen25=args.qwen25,
-                      patch_size=args.patch_size, naming=args.naming, verify_images=args.verify_images)
+                      patch_size=args.patch_size, naming=args.naming, verify_images=args.verify_images,
+                      force=args.force)
     failed = any(r.error for r in reports)
     skipped = any(r.skipped for r in reports)
     return 1 if failed or (args.strict and skipped) else 0
