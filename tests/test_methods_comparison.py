@@ -329,3 +329,24 @@ def test_deepseek_vl2_invariants(deepseek, name, attn):
         assert [i - offset for i in kb[0]] == ka[0]
     for lb, la in zip(logits_b, logits2):
         torch.testing.assert_close(lb[0], la[0], atol=1e-5, rtol=0)
+
+
+def test_visualize_draws_one_selection_column_per_stage():
+    from PIL import Image
+
+    from ivcprune.tools import visualize as vis
+
+    c = case("qwen2_5_vl")
+    model, proc = c.load("sdpa")
+    gray = (128, 128, 128)
+    rendering, sel = vis.visualize(model, proc, Image.new("RGB", (300, 200), gray), "Where is the red circle?",
+                                   make_method("pdrop", None, 0.5))
+    record = sel.images[0][0]
+    assert len(sel.stages) == 2
+    for col, kept in enumerate([record.kept] + [st.image_kept[0][0] for st in sel.stages]):
+        for row, panel in enumerate(rendering.panels):
+            for tok, box in panel.cells.items():
+                x, y = rendering.placements[(row, col)]
+                got = rendering.image.getpixel((x + (box[0] + box[2]) // 2, y + (box[1] + box[3]) // 2))
+                want = gray if tok in kept else tuple(int(v * vis.DIM) for v in gray)
+                assert max(abs(a - b) for a, b in zip(got, want)) <= 1, (col, tok)

@@ -56,17 +56,20 @@ def greedy_map(kernel: torch.Tensor, candidates: torch.Tensor, n: int, given: to
     free = torch.zeros(size, dtype=torch.bool)
     free[candidates] = True
     gains = kernel.diagonal().clone()
-    basis: list[torch.Tensor] = []
+    given_list = [] if given is None else [int(j) for j in given.tolist()]
+    basis = torch.zeros(n + len(given_list), size, dtype=kernel.dtype)  # the rows c_i of the incremental Cholesky
+    used = 0
 
     def add(j: int) -> None:
-        c = torch.stack(basis) if basis else torch.zeros(0, size, dtype=kernel.dtype)
-        e = (kernel[j] - c[:, j] @ c) / torch.sqrt(gains[j])
-        basis.append(e)
-        gains.sub_(e * e)
+        nonlocal used
+        c = basis[:used]
+        basis[used] = (kernel[j] - c[:, j] @ c) / torch.sqrt(gains[j])
+        gains.sub_(basis[used] * basis[used])
+        used += 1
 
-    for j in ([] if given is None else given.tolist()):
+    for j in given_list:
         if float(gains[j]) > GAIN_FLOOR:
-            add(int(j))
+            add(j)
     chosen: list[int] = []
     while len(chosen) < n:
         masked = torch.where(free, gains, torch.full_like(gains, float("-inf")))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image, ImageDraw, ImageOps
@@ -188,9 +188,11 @@ def _grid_lines(img: Image.Image, panel: Panel) -> None:
         draw.line((x0, y1 - 1, x1 - 1, y1 - 1), fill=(40, 40, 40))
 
 
-def render(panels: list[Panel], record: ImageRecord, maps: dict[str, dict[int, float]], header: str = "") -> Rendering:
-    """One row per panel: the selection, then one column per IVC map; a legend and header on top."""
-    columns = [("kept", None)] + list(maps.items())
+def render(panels: list[Panel], record: ImageRecord, maps: dict[str, dict[int, float]], header: str = "",
+           stages: list[tuple[str, ImageRecord]] = ()) -> Rendering:
+    """One row per panel: the selection (and one column per later stage of a multi-stage method), then one column
+    per IVC map; a legend and header on top."""
+    columns = [("kept", record), *stages] + list(maps.items())
     widths = [max(p.frame.width for p in panels)] * len(columns)
     heights = [p.frame.height for p in panels]
     top = MARGIN + 2 * TITLE_H
@@ -210,7 +212,7 @@ def render(panels: list[Panel], record: ImageRecord, maps: dict[str, dict[int, f
     for row, panel in enumerate(panels):
         x = MARGIN
         for col, (name, values) in enumerate(columns):
-            img = draw_selection(panel, record) if values is None else draw_map(panel, values)
+            img = draw_selection(panel, values) if isinstance(values, ImageRecord) else draw_map(panel, values)
             title = f"{panel.title}: {name}"
             draw.text((x, y), title, fill=(0, 0, 0))
             canvas.paste(img, (x, y + TITLE_H))
@@ -263,9 +265,12 @@ def visualize(model, processor, image: Image.Image, prompt: str, method, image_i
     panels = layout(image, record, family, tile_tokens, span=span, pad_color=pad_color)
     maps = {"IVC cos score V": dict(zip(range(record.start, record.end), c.tolist())),
             "IVC sin score U": dict(zip(range(record.start, record.end), s.tolist()))}
-    header = (f"{type(model).__name__} | {sel.method} K={sel.layer} | kept {len(record.kept)}/{record.length} image "
+    stages = [(f"kept from K={st.layer}", replace(record, kept=st.image_kept[0][image_index])) for st in sel.stages]
+    layers = ",".join(str(layer) for layer, _ in sel.schedule)
+    final = stages[-1][1] if stages else record
+    header = (f"{type(model).__name__} | {sel.method} K={layers} | kept {len(final.kept)}/{record.length} image "
               f"tokens | {prompt[:60]}")
-    return render(panels, record, maps, header), sel
+    return render(panels, record, maps, header, stages), sel
 
 
 def _load(args):
