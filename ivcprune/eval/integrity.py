@@ -52,10 +52,44 @@ def _encoding_error(path: Path, lineno: int, line: bytes, header: list[str], exc
                      f"{offset} of the cell ({exc.reason}). Re-save the file as UTF-8.")
 
 
-def scan_lines(path: Path) -> LineScan:
-    """One pass over the file: UTF-8 per line (an error names the line, the row's index and the column) and the
-    field count of every line without quotes (a short or long row names its line)."""
+def _fast_scan(path: Path) -> LineScan | None:
+    """The common case in large chunks: no quote and exactly as many tabs as the lines need (a blank, short or
+    long line breaks the count). None when any of that fails; ``scan_lines`` then walks the lines to name them. UTF-8 is left to the
+    parser here: when it fails, ``scan_lines(path, fast=False)`` finds the row."""
+    n_nl = n_tab = 0
+    tail = b""
+    with open(path, "rb") as fh:
+        head = fh.readline()
+        try:
+            n_fields = len(head.rstrip(b"\r\n").decode("utf-8").split("\t"))
+        except UnicodeDecodeError:
+            return None
+        while True:
+            chunk = fh.read(1 << 26)
+            if not chunk:
+                break
+            if b'"' in chunk:
+                return None
+            n_nl += chunk.count(b"\n")
+            n_tab += chunk.count(b"\t")
+            tail = chunk[-2:]
+    n_lines = n_nl + (1 if tail and not tail.endswith(b"\n") else 0)
+    if n_tab != (n_fields - 1) * n_lines:  # a blank, short or long line somewhere: walk the lines
+        return None
+    return LineScan(n_fields=n_fields, n_lines=n_lines)
+
+
+def scan_lines(path: Path, fast: bool = True) -> LineScan:
+    """One pass over the file: the field count of every line without quotes (a short or long row names its line)
+    and UTF-8 per line (an error names the line, the row's index and the column; with ``fast`` a file without
+    quotes or irregular lines is only counted in large chunks and UTF-8 is left to the parser)."""
     path = Path(path)
+    try:
+        quick = _fast_scan(path) if fast else None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from exc
+    if quick is not None:
+        return quick
     try:
         fh = open(path, "rb")
     except OSError as exc:

@@ -97,6 +97,9 @@ def _read_frame(path: Path, scan=None) -> pd.DataFrame:
         return pd.read_csv(path, sep="\t", header=0, encoding="utf-8", dtype=str,
                            keep_default_na=False, na_filter=False)
     except UnicodeDecodeError as exc:
+        from .integrity import scan_lines
+
+        scan_lines(path, fast=False)  # raises the DataError naming the line, the row's index and the column
         raise DataError(f"{path}: not UTF-8 ({exc})") from exc
     except PermissionError as exc:
         raise DataError(f"{path}: cannot be read ({exc})") from exc
