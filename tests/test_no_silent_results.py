@@ -319,3 +319,24 @@ def test_atomic_write_leaves_no_temp_file_when_the_write_fails(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "EFBIG" in res.stdout, res.stderr
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.csv"]
+
+
+def test_sigterm_mid_run_loses_no_finished_row(s):
+    import signal
+    import time
+
+    env = dict(s["env"], IVCP_SCRIPTED_SLEEP="0.25")
+    proc = subprocess.Popen([sys.executable, "-m", "ivcprune", "run", *run_args(s)], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    part = out_dir(s) / ".parts" / "Scripted_IVCP_POPE.r0.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not part.exists() or part.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    done = part.read_text().count("\n")
+    assert 3 <= done < 10 and not (out_dir(s) / SCORE).exists()
+    before = len(calls(s))
+    assert cli(run_args(s), s["env"]).returncode == 0  # the dead holder's lock is taken over
+    assert len(calls(s)) - before == 10 - done and len(predictions(s["work"])) == 10
