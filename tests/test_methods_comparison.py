@@ -350,3 +350,37 @@ def test_visualize_draws_one_selection_column_per_stage():
                 got = rendering.image.getpixel((x + (box[0] + box[2]) // 2, y + (box[1] + box[3]) // 2))
                 want = gray if tok in kept else tuple(int(v * vis.DIM) for v in gray)
                 assert max(abs(a - b) for a, b in zip(got, want)) <= 1, (col, tok)
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_several_images_budgeted_separately_and_oracle(name):
+    """Two images in one prompt: each image budgeted on its own at every stage; cached decode equals the oracle."""
+    c = case("qwen2_5_vl")
+    model, proc = c.load("eager")
+    two = c.inputs(proc, [[make_image(*c.image_size, seed=1), make_image(*c.other_size, seed=2)]],
+                   [PROMPTS["qwen2_5_vl"]])
+    layer = 2 if selects_at(name) == "layer" else None
+    make = lambda r=None: make_method(name, layer, 0.5 if r is None else r)  # noqa: E731
+    seq, scores, cache, trace = inv.greedy(model, two, 3, make())
+    sel = trace.last
+    images = sel.images[0]
+    assert len(images) == 2 and images[0].length != images[1].length
+    for i, im in enumerate(images):
+        assert all(im.start <= p < im.end for p in im.kept)
+        if not name.startswith("pdrop"):
+            assert len(im.kept) == max(round(0.5 * im.length), len(im.ivc))
+        for st in sel.stages:
+            assert all(im.start <= p < im.end for p in st.image_kept[0][i])
+    assert inv.cache_lengths(cache) == [n + 2 for n in sel.cache_counts(0)]
+    inv.check_oracle(c, model, two, make, sel.layer, 3)
+
+
+def test_sampled_generate_and_use_cache_false_with_stages():
+    c = case("llava")
+    model, proc = c.load("sdpa")
+    inputs = c.inputs(proc, make_image(*c.image_size, seed=1), PROMPTS["llava"])
+    torch.manual_seed(0)
+    with torch.no_grad(), ivcprune.prune(model, make_method("pdrop", None, 0.5)) as trace:
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=True, top_k=5)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 4 and len(trace.selections) == 1
+    inv.check_use_cache_false(model, inputs, lambda r=None: make_method("pdrop", None, 0.5))

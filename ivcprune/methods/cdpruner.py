@@ -8,7 +8,7 @@ min-max normalised over the image to [0, 1] (all ones when constant). The condit
 L = diag(q) S diag(q) with q_i = exp(alpha r_i), alpha = theta / (2 (1 - theta)). Greedy MAP (the fast
 Cholesky-update form of Chen et al., NeurIPS 2018) adds, k_i = round(rho L_i) times, the token with the largest
 marginal gain d_j^2 = L_jj - |c_j|^2, i.e. argmax_j det(L_{Y+j}); ties go to the lower index. When every gain is
-~0 (the kernel's rank is at most the embedding width) the rest is filled by relevance. Float64 on the CPU.
+~0 (the kernel's rank is at most the embedding width) the rest is filled by relevance. Float32 on the CPU.
 
 The paper computes relevance with the vision-language model's own text features (CLIP text tower for LLaVA, the
 LLM's embeddings for the others; the LLaVA code negates the CLIP similarity); here every family uses the language
@@ -27,20 +27,21 @@ from ivcprune.core.ranking import rank
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
 from ivcprune.methods.baseline import countable_tokens, unavailable
+from ivcprune.methods.divprune import scoring_dtype
 from ivcprune.methods.prellm import PreLLMMethod
 from ivcprune.methods.registry import register_method
 
-GAIN_FLOOR = 1e-10
+GAIN_FLOOR = 100.0  # gains below GAIN_FLOOR * eps(dtype) * max L_ii count as 0 (rounding noise of the updates)
 
 
 def conditional_kernel(visual: torch.Tensor, text: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, L) kernel diag(q) S diag(q) and the normalised relevance r (L,), in float64."""
-    v = torch.nn.functional.normalize(visual.double(), dim=-1)
+    """(L, L) kernel diag(q) S diag(q) and the normalised relevance r (L,), in float32 (float64 inputs: float64)."""
+    v = torch.nn.functional.normalize(scoring_dtype(visual), dim=-1)
     similarity = v @ v.T
     if text.numel():
-        relevance = (v @ torch.nn.functional.normalize(text.double(), dim=-1).T).mean(dim=1)
+        relevance = (v @ torch.nn.functional.normalize(text.to(v.dtype), dim=-1).T).mean(dim=1)
     else:
-        relevance = torch.ones(v.shape[0], dtype=torch.float64)
+        relevance = torch.ones(v.shape[0], dtype=v.dtype)
     spread = relevance.max() - relevance.min()
     relevance = (relevance - relevance.min()) / spread if float(spread) > 0 else torch.ones_like(relevance)
     quality = torch.exp(theta / (2.0 * (1.0 - theta)) * relevance)
@@ -50,12 +51,13 @@ def conditional_kernel(visual: torch.Tensor, text: torch.Tensor, theta: float) -
 def greedy_map(kernel: torch.Tensor, candidates: torch.Tensor, n: int, given: torch.Tensor | None = None,
                fallback: torch.Tensor | None = None) -> list[int]:
     """Greedy MAP of a DPP: n of ``candidates``, each maximising det(L_Y) given the tokens already in Y
-    (``given`` first, not counted). ``fallback`` (L,) orders the rest once every gain is below GAIN_FLOOR."""
+    (``given`` first, not counted). ``fallback`` (L,) orders the rest once every gain is at the rounding floor."""
     size = kernel.shape[0]
     n = min(n, candidates.numel())
     free = torch.zeros(size, dtype=torch.bool)
     free[candidates] = True
     gains = kernel.diagonal().clone()
+    floor = GAIN_FLOOR * torch.finfo(kernel.dtype).eps * float(gains.max()) if size else 0.0
     given_list = [] if given is None else [int(j) for j in given.tolist()]
     basis = torch.zeros(n + len(given_list), size, dtype=kernel.dtype)  # the rows c_i of the incremental Cholesky
     used = 0
@@ -68,13 +70,13 @@ def greedy_map(kernel: torch.Tensor, candidates: torch.Tensor, n: int, given: to
         used += 1
 
     for j in given_list:
-        if float(gains[j]) > GAIN_FLOOR:
+        if float(gains[j]) > floor:
             add(j)
     chosen: list[int] = []
     while len(chosen) < n:
         masked = torch.where(free, gains, torch.full_like(gains, float("-inf")))
         j = int(torch.argmax(masked))
-        if float(masked[j]) <= GAIN_FLOOR:
+        if float(masked[j]) <= floor:
             break
         chosen.append(j)
         free[j] = False

@@ -25,8 +25,14 @@ from ivcprune.methods.registry import register_method
 
 
 def cosine_distance(features: torch.Tensor) -> torch.Tensor:
-    unit = torch.nn.functional.normalize(features.double(), dim=-1)
+    """(L, L) 1 - cos, in float32 (float64 inputs stay float64)."""
+    unit = torch.nn.functional.normalize(scoring_dtype(features), dim=-1)
     return 1.0 - unit @ unit.T
+
+
+def scoring_dtype(x: torch.Tensor) -> torch.Tensor:
+    """float32 scoring (the project's rule, docs/ALGORITHM.md §3); float64 inputs (tests) are kept as they are."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def max_min_greedy(dist: torch.Tensor, candidates: torch.Tensor, n: int, seeds: torch.Tensor | None = None) -> list[int]:
