@@ -39,7 +39,20 @@ def test_scaled_layer_keeps_the_proportion():
     assert kit.scaled_layer(kit.SHAPES["quick"], 2) == 1
 
 
-@pytest.mark.parametrize("shape", ["quick", "llava-1.5-7b"])
+def test_flop_model_counts_active_experts_only():
+    """Qwen3-VL MoE: a token touches num_experts_per_tok of num_experts expert MLPs (tiny: 2 of 4)."""
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    from ivcprune.testing import tiny_checkpoint
+
+    model = Qwen3VLMoeForConditionalGeneration.from_pretrained(tiny_checkpoint("qwen3_vl_moe"))
+    layer = model.model.language_model.layers[0]
+    dense = sum(p.numel() for n, p in layer.named_parameters() if p.ndim >= 2 and "experts" not in n)
+    experts = sum(p.numel() for p in layer.mlp.experts.parameters())
+    assert kit.flop_model(model)["weights_per_layer"] == dense + experts // 2
+
+
+@pytest.mark.parametrize("shape", ["quick", "llava-1.5-7b", "qwen3-vl-8b"])
 def test_bench_runs_a_tiny_config_and_writes_its_files(tmp_path, capsys, shape):
     tokens = "64" if shape == "quick" else "16"
     rc = bench.cli_main(["--synthetic", shape, "--layers", "3", "--width", "0.0625", "--image-tokens", tokens,

@@ -72,14 +72,15 @@ def _tiny(family):
     import transformers as tf
 
     classes = {"qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration, "internvl": tf.InternVLForConditionalGeneration,
-               "llava": tf.LlavaForConditionalGeneration}
-    kwargs = {"max_pixels": 64 * 28 * 28} if family == "qwen2_5_vl" else {}
+               "llava": tf.LlavaForConditionalGeneration, "qwen3_vl": tf.Qwen3VLForConditionalGeneration,
+               "qwen3_vl_moe": tf.Qwen3VLMoeForConditionalGeneration}
+    kwargs = {"qwen2_5_vl": {"max_pixels": 64 * 28 * 28}}.get(family, {})
     path = tiny_checkpoint(family, **kwargs)
     return classes[family].from_pretrained(path).eval(), load_processor(path), path
 
 
 @pytest.mark.parametrize("family,method", [("qwen2_5_vl", "ivcp"), ("qwen2_5_vl", "grid+ivc"), ("internvl", "ivcp"),
-                                           ("llava", "fastv")])
+                                           ("llava", "fastv"), ("qwen3_vl", "ivcp"), ("qwen3_vl_moe", "grid+ivc")])
 def test_tiny_model_cells_match_the_selection(family, method):
     model, proc, _ = _tiny(family)
     image = Image.new("RGB", (300, 200), GRAY)
@@ -93,8 +94,9 @@ def test_tiny_model_cells_match_the_selection(family, method):
         assert [p.title for p in rendering.panels][1] == "thumbnail" and len(rendering.panels) == 2
 
 
-def test_cli_writes_a_png(tmp_path):
-    _, _, path = _tiny("qwen2_5_vl")
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_cli_writes_a_png(tmp_path, family):
+    _, _, path = _tiny(family)
     Image.new("RGB", (168, 140), GRAY).save(tmp_path / "in.png")
     out = tmp_path / "out.png"
     rc = vis.cli_main(["--checkpoint", str(path), "--image", str(tmp_path / "in.png"), "--prompt", "Where?",

@@ -22,6 +22,13 @@ from ivcprune.models.base import RequestInputs, register_adapter
 from ivcprune.models.qwen2_vl import QwenVLAdapter
 
 
+def interleaved_section(n_freq: int) -> list[int]:
+    """(t, h, w) frequency counts in the released 24 : 20 : 20 proportion (h and w take round(5/16 n) each), to
+    build configs of random models at other widths ([6, 5, 5] at 16 frequencies)."""
+    hw = round(n_freq * 5 / 16)
+    return [n_freq - 2 * hw, hw, hw]
+
+
 def interleaved_axes(section: list[int] | tuple[int, int, int], n_freq: int) -> torch.Tensor:
     """Axis per frequency under Qwen3-VL's interleaved M-RoPE: h on j = 1, 4, ... < 3 s_h, w on j = 2, 5, ...
     < 3 s_w, t everywhere else (so t also takes the tail j >= 3 s_h when s_t > s_h)."""

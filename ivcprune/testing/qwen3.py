@@ -11,6 +11,7 @@ flavour replaces every decoder MLP by a routed expert block. Image tokens per im
 from __future__ import annotations
 
 from ivcprune.models.processor_loading import assemble_processor
+from ivcprune.models.qwen3_vl import interleaved_section
 from .common import text_kwargs
 from .qwen import QWEN_SPECIALS, build_tokenizer, generation_and_info
 
@@ -51,12 +52,6 @@ DEFAULTS = {
     "experts_per_token": 2,
     "vocab": 700,
 }
-
-
-def interleaved_section(n_freq: int) -> list[int]:
-    """(t, h, w) frequency counts in the released 24 : 20 : 20 proportion; h and w take round(5/16 n) each."""
-    hw = round(n_freq * 5 / 16)
-    return [n_freq - 2 * hw, hw, hw]
 
 
 def build(family: str, s: dict):

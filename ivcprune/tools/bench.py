@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--synthetic", help=f"random model(s) with a real shape, built in memory; comma list of "
                                           f"{', '.join(sorted(kit.SHAPES))}")
     src.add_argument("--model", help="registry model name (loads its checkpoint)")
-    src.add_argument("--checkpoint", help="local checkpoint folder (Qwen2/2.5-VL or LLaVA layout)")
+    src.add_argument("--checkpoint", help="local checkpoint folder (Qwen2/2.5/3-VL or LLaVA layout)")
     p.add_argument("--quick", action="store_true", help="prefill only, mid-size random Qwen2.5-VL (8 layers, hidden 512, "
                    "1024 image tokens, K=2), IVC-Prune at retention 0.5")
     p.add_argument("--layers", type=int, help="decoder depth of a synthetic model (default: the shape's own)")

@@ -17,13 +17,14 @@ import torch
 
 import ivcprune
 from ivcprune.models.qwen2_vl import mrope_section
+from ivcprune.models.qwen3_vl import interleaved_section
 
 
 @dataclass(frozen=True)
 class Shape:
     """The text-model shape of a real checkpoint (plus its default K and image-token count)."""
 
-    family: str  # "qwen2_5_vl" | "llava"
+    family: str  # "qwen2_5_vl" | "qwen3_vl" | "llava"
     heads: int
     kv_heads: int
     head_dim: int
@@ -46,6 +47,9 @@ SHAPES = {
                    theta=1e6, image_tokens=1024, layer=2),
     "qwen2.5-vl-7b": Shape("qwen2_5_vl", heads=28, kv_heads=4, head_dim=128, intermediate=18944, layers=28,
                            vocab=152064, theta=1e6, image_tokens=1024, layer=16, cpu_width=0.25, cpu_layers=8),
+    # Qwen3-VL-8B: 36 layers, K = 21 = round(36 * 16 / 28) (untuned), interleaved M-RoPE, theta 5e6, DeepStack
+    "qwen3-vl-8b": Shape("qwen3_vl", heads=32, kv_heads=8, head_dim=128, intermediate=12288, layers=36,
+                         vocab=151936, theta=5e6, image_tokens=1024, layer=21, cpu_width=0.25, cpu_layers=8),
     "llava-1.5-7b": Shape("llava", heads=32, kv_heads=32, head_dim=128, intermediate=11008, layers=32, vocab=32064,
                           theta=1e4, image_tokens=576, layer=16, cpu_width=0.25, cpu_layers=8),
 }
@@ -112,6 +116,18 @@ def synthetic_model(shape: Shape, dtype: torch.dtype, attn: str, seed: int = 0):
                                      video_token_id=ids["video"], vision_start_token_id=ids["start"],
                                      vision_end_token_id=ids["end"], tie_word_embeddings=False)
         cls = tf.Qwen2_5_VLForConditionalGeneration
+    elif shape.family == "qwen3_vl":
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": shape.theta, "mrope_interleaved": True,
+                                   "mrope_section": interleaved_section(shape.head_dim // 2)}
+        text["head_dim"] = shape.head_dim
+        # three one-block DeepStack taps, as the release adds three feature levels after decoder layers 0-2
+        vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=shape.hidden,
+                      patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0, 1, 2])
+        config = tf.Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["image"],
+                                  video_token_id=ids["video"], vision_start_token_id=ids["start"],
+                                  vision_end_token_id=ids["end"], tie_word_embeddings=False)
+        cls = tf.Qwen3VLForConditionalGeneration
     elif shape.family == "llava":
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": shape.theta}
         text["head_dim"] = shape.head_dim
@@ -131,11 +147,11 @@ def synthetic_model(shape: Shape, dtype: torch.dtype, attn: str, seed: int = 0):
 
 def family_of(model) -> str:
     name = type(model).__name__
-    if name.startswith("Qwen2"):
+    if name.startswith(("Qwen2", "Qwen3VL")):  # one M-RoPE prompt layout for Qwen2, 2.5 and 3 (dense, MoE)
         return "qwen2_5_vl"
     if name.startswith("Llava"):
         return "llava"
-    raise SystemExit(f"ivcp bench: no input builder for {name}; supported: Qwen2/2.5-VL, LLaVA")
+    raise SystemExit(f"ivcp bench: no input builder for {name}; supported: Qwen2/2.5/3-VL, LLaVA")
 
 
 def build_inputs(model, image_tokens: int, seed: int = 0) -> dict:
@@ -174,7 +190,7 @@ def build_inputs(model, image_tokens: int, seed: int = 0) -> dict:
 def load_checkpoint(path: str, dtype: torch.dtype, attn: str):
     from ivcprune.models.loading import checkpoint_model_type, load_vl_model
 
-    supported = ("qwen2_5_vl", "qwen2_vl", "llava")  # the families build_inputs can prompt
+    supported = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "llava")  # what build_inputs can prompt
     model_type = checkpoint_model_type(path)
     if model_type not in supported:
         raise SystemExit(f"ivcp bench: checkpoint model_type {model_type!r} is not supported by the bench "
@@ -250,10 +266,13 @@ def load_bundle(args, device: torch.device, dtype: torch.dtype) -> Bundle:
 
 # --------------------------------------------------------------------------------------------- accounting
 def flop_model(model) -> dict:
-    """c1 = 2 x the weights a token touches per layer (all matrices of one dense decoder layer), c2 = H (D_qk + D_v)."""
+    """c1 = 2 x the weights a token touches per layer (the matrices of decoder layer 0; of a routed expert block
+    only the top-k share, num_experts_per_tok / num_experts), c2 = H (D_qk + D_v)."""
     lm = text_model(model)
     cfg = lm.config
-    weights = sum(p.numel() for p in lm.layers[0].parameters() if p.ndim >= 2)
+    active = getattr(cfg, "num_experts_per_tok", None) / cfg.num_experts if getattr(cfg, "num_experts", 0) else 1.0
+    weights = round(sum(p.numel() * (active if ".experts." in f".{name}" else 1.0)
+                        for name, p in lm.layers[0].named_parameters() if p.ndim >= 2))
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return {"c1": 2 * weights, "c2": cfg.num_attention_heads * 2 * head_dim, "num_layers": len(lm.layers),
             "kv_heads": cfg.num_key_value_heads, "head_dim": head_dim, "weights_per_layer": weights}

@@ -2,8 +2,8 @@
 
 Kept tokens are tinted by role (IVC-cos, IVC-sin, seed, foreground; other kept tokens stay as they are) and pruned
 tokens are dimmed. Every panel is drawn with exact integer cell boxes, so a test can read a cell's colour back.
-Layouts follow the family: Qwen's merged grid, LLaVA's centre-cropped square, InternVL's tiles plus thumbnail,
-DeepSeek-VL2's letterboxed global view plus its tiled local view (newline tokens are not cells).
+Layouts follow the family: Qwen's merged grid (Qwen2, 2.5 and 3-VL), LLaVA's centre-cropped square, InternVL's
+tiles plus thumbnail, DeepSeek-VL2's letterboxed global view plus its tiled local view (newline tokens are not cells).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 import ivcprune
-from ivcprune.core.rope import ivc_scores
+from ivcprune.core.rope import ivc_scores, ivc_scores_applied
 from ivcprune.core.selection import ImageRecord
 
 ROLE_COLORS = {  # drawn in this priority when a token has several roles
@@ -255,7 +255,10 @@ def visualize(model, processor, image: Image.Image, prompt: str, method, image_i
         raise ValueError("the prompt holds no image for this model (no image tokens were found)")
     record = sel.images[0][image_index]
     positions = seen["positions"]
-    c, s = ivc_scores(positions[:, record.start:record.end], adapter.inv_freq())
+    axes = adapter.rotary_axes() if getattr(method, "ivc_rule", None) == "applied" else None
+    span_positions = positions[:, record.start:record.end]
+    c, s = ivc_scores(span_positions, adapter.inv_freq()) if axes is None else \
+        ivc_scores_applied(span_positions, adapter.inv_freq(), axes)  # the maps follow the method's IVC rule
     tile_tokens = getattr(adapter, "tile_tokens", None)
     span, pad_color = None, DEEPSEEK_PAD
     if family == "deepseek_vl2":
@@ -300,7 +303,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ivcp visualize", description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="registry model name")
-    src.add_argument("--checkpoint", help="local checkpoint folder (Qwen2/2.5-VL, LLaVA, InternVL -hf, DeepSeek-VL2)")
+    src.add_argument("--checkpoint", help="local checkpoint folder (Qwen2/2.5/3-VL, LLaVA, InternVL -hf, DeepSeek-VL2)")
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--prompt", required=True)
     p.add_argument("--method", default="ivcp", help="a registered method (ivcp list methods), e.g. ivcp, fastv+ivc")
