@@ -384,3 +384,14 @@ def test_sampled_generate_and_use_cache_false_with_stages():
         out = model.generate(**inputs, max_new_tokens=4, do_sample=True, top_k=5)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 4 and len(trace.selections) == 1
     inv.check_use_cache_false(model, inputs, lambda r=None: make_method("pdrop", None, 0.5))
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+@pytest.mark.parametrize("name", ["dart", "divprune", "cdpruner+ivc", "pdrop", "pdrop+ivc"])
+def test_hand_written_decode_loop(family, name):
+    """A loop passing the full 2-D mask and no position ids: each stage group's mask and the original positions."""
+    c = case(family)
+    model, proc = c.load("eager")
+    inputs = c.inputs(proc, make_image(*c.image_size, seed=1), PROMPTS[family])
+    layer = 2 if selects_at(name) == "layer" else None
+    inv.check_handwritten_decode(model, inputs, lambda r=None: make_method(name, layer, 0.5), 4)

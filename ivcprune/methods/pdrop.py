@@ -110,9 +110,9 @@ class PDrop(BudgetedMethod):
             raise RuntimeError(f"pdrop: the queries/keys before stage {ctx.stage} were not captured")
         query, key = captured
         rows = ctx.row_positions()
-        real = rows >= 0
-        last = torch.nonzero(real, as_tuple=False).flatten()[-1:]
-        received = attention_received(query[ctx.index], key[ctx.index], last, real & ctx.valid[rows.clamp(min=0)])
+        real = (rows >= 0) & ctx.valid[rows.clamp(min=0)]
+        last = torch.nonzero(real, as_tuple=False).flatten()[-1:]  # the last instruction token's row
+        received = attention_received(query[ctx.index], key[ctx.index], last, real)
         return received.cpu()[ctx.rows_of(positions)]
 
     def ranking(self, ctx: SampleContext, image: ImageRecord) -> torch.Tensor:
