@@ -275,10 +275,12 @@ def make_method(pruning: dict | None):
 def _print_methods() -> None:
     from ivcprune.methods import method_specs
 
-    for spec in method_specs():
-        names = spec.name + (f", {spec.name}+ivc" if spec.plus_ivc else "")
-        suffixes = f"_{spec.suffix}" + (f", _{spec.suffix}_IVC" if spec.plus_ivc else "")
-        print(f"{names:<22} {suffixes:<22} {spec.summary}")
+    rows = [(spec.name + (f", {spec.name}+ivc" if spec.plus_ivc else ""),
+             f"_{spec.suffix}" + (f", _{spec.suffix}_IVC" if spec.plus_ivc else ""), spec.summary)
+            for spec in method_specs()]
+    w1, w2 = (max(len(r[i]) for r in rows) for i in (0, 1))
+    for names, suffixes, summary in rows:
+        print(f"{names:<{w1}}  {suffixes:<{w2}}  {summary}")
 
 
 def _print_models(extra: list[str] | None) -> None:
