@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class LineScan:
     n_blank: int = 0
     quoted_lines: int = 0  # lines holding a '"' (quoted fields may span lines or hold tabs)
     last_odd_quote: tuple | None = None  # (line, index) where the last quoted field spanning lines opened
+    quote_error: tuple | None = None  # (line, message) of the first record whose quoting csv's strict rules reject
     short: list = field(default_factory=list)  # (line, index, fields) of quote-free lines with the wrong count
 
 
@@ -102,6 +104,7 @@ def scan_lines(path: Path, fast: bool = True) -> LineScan:
             raise _encoding_error(path, 1, head, [], exc) from exc
         scan = LineScan(n_fields=len(header))
         lineno, inside = 1, False  # inside: an odd number of '"' so far, the line continues a quoted field
+        group: list = []  # the lines of the record being read that holds quotes
         for line in fh:
             lineno += 1
             scan.n_lines += 1
@@ -116,10 +119,15 @@ def scan_lines(path: Path, fast: bool = True) -> LineScan:
             quotes = body.count(b'"')
             if quotes or inside:  # a quoted field may hold tabs and newlines: pandas and check_rows judge these
                 scan.quoted_lines += 1
+                if not inside:
+                    group = [lineno]
+                group.append(body)
                 if quotes % 2:
                     if not inside:
                         scan.last_odd_quote = (lineno, _index_of(body))
                     inside = not inside
+                if not inside and scan.quote_error is None:
+                    scan.quote_error = _strict_record(group[0], group[1:], scan.n_fields)
             elif body.count(b"\t") + 1 != scan.n_fields and len(scan.short) < _LISTED:
                 scan.short.append((lineno, _index_of(body), body.count(b"\t") + 1))
     if scan.short:
@@ -130,20 +138,31 @@ def scan_lines(path: Path, fast: bool = True) -> LineScan:
     return scan
 
 
+def _strict_record(start: int, lines: list[bytes], n_fields: int) -> tuple | None:
+    """(line, message) when one record holding quotes breaks csv's strict rules, else None. A record quoted
+    field by field (quote-all) is checked with bytes operations; any other through csv.reader."""
+    rec = b"\n".join(lines)
+    if rec.startswith(b'"') and rec.endswith(b'"'):
+        pieces = rec[1:-1].replace(b'""', b"").split(b'"\t"')
+        if len(pieces) == n_fields and not any(b'"' in p for p in pieces):
+            return None
+    reader = csv.reader(io.StringIO(rec.decode("utf-8", errors="replace")), delimiter="\t", strict=True)
+    try:
+        for _ in reader:
+            pass
+    except csv.Error as exc:
+        return start + reader.line_num - 1, str(exc)
+    return None
+
+
 def check_quoting(path: Path, scan: LineScan) -> None:
-    """Files with quotes are parsed once more with csv's strict rules, so a field that opens with a quote it does
-    not close properly (``"Best" thing``: pandas silently drops the quotes) fails naming the line."""
-    if not scan.quoted_lines:
-        return
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", strict=True)
-        try:
-            for _ in reader:
-                pass
-        except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: stray quote ({exc}). A field that starts with '\"' "
-                            f"must be quoted as a whole with its inner quotes doubled (\"\"), as csv.writer "
-                            f"writes it; otherwise the cell's text would be read altered.") from exc
+    """A field that opens with a quote it does not close properly (``"Best" thing``: pandas silently drops the
+    quotes) fails naming the line; ``scan_lines`` checked every record holding quotes with csv's strict rules."""
+    if scan.quote_error is not None:
+        line, why = scan.quote_error
+        raise DataError(f"{path}: line {line}: stray quote ({why}). A field that starts with '\"' must be quoted as "
+                        f"a whole with its inner quotes doubled (\"\"), as csv.writer writes it; otherwise the "
+                        f"cell's text would be read altered.")
 
 
 def _start_lines(df: pd.DataFrame, newlines: pd.Series) -> list[int]:
