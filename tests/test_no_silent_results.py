@@ -340,3 +340,9 @@ def test_sigterm_mid_run_loses_no_finished_row(s):
     before = len(calls(s))
     assert cli(run_args(s), s["env"]).returncode == 0  # the dead holder's lock is taken over
     assert len(calls(s)) - before == 10 - done and len(predictions(s["work"])) == 10
+
+
+def test_a_valid_tiny_model_passes_preflight_and_scores(s, tiny):
+    res = tiny_run(s, tiny, "TinyQwen_IVCP")
+    assert res.returncode == 0, res.stderr
+    assert (s["work"] / "TinyQwen_IVCP" / "TinyQwen_IVCP_POPE_limit3_score.json").is_file()
