@@ -14,11 +14,16 @@ import invariants as inv
 K = 2  # of 4 decoder layers
 STEPS = 4
 QWEN_MAX_PIXELS = 64 * 28 * 28  # up to 64 merged tokens per image
+QWEN3_MAX_PIXELS = 64 * 32 * 32  # the same with Qwen3-VL's 32-px merged tokens
 CLASSES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
+           "qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
            "llava": "LlavaForConditionalGeneration", "internvl": "InternVLForConditionalGeneration"}
+_JSON_PROMPT = "Locate the red circle on the left and output the bbox coordinates in JSON format."
 PROMPTS = {
-    "qwen2_5_vl": "Locate the red circle on the left and output the bbox coordinates in JSON format.",
-    "qwen2_vl": "Locate the red circle on the left and output the bbox coordinates in JSON format.",
+    "qwen2_5_vl": _JSON_PROMPT,
+    "qwen2_vl": _JSON_PROMPT,
+    "qwen3_vl": _JSON_PROMPT,
+    "qwen3_vl_moe": _JSON_PROMPT,
     "llava": "Please provide the bounding box coordinate of the region this sentence describes: the red circle",
     "internvl": "Please provide the bounding box coordinate of the region this sentence describes: "
                 "<ref>the red circle</ref>",
@@ -31,7 +36,8 @@ def load(family: str, attn: str):
     """(model, processor) of a family's tiny checkpoint, loaded once per backend."""
     key = (family, attn)
     if key not in _MODELS:
-        extra = {"max_pixels": QWEN_MAX_PIXELS} if family.startswith("qwen") else {}
+        extra = {"max_pixels": QWEN3_MAX_PIXELS if family.startswith("qwen3") else QWEN_MAX_PIXELS} \
+            if family.startswith("qwen") else {}
         path = tiny_checkpoint(family, **extra)
         model = getattr(transformers, CLASSES[family]).from_pretrained(path, attn_implementation=attn).eval()
         _MODELS[key] = (model, load_processor(path))
@@ -71,7 +77,21 @@ def _qwen_embed(model, inputs):
     return emb, pos
 
 
+def qwen3_deepstack(model, inputs):
+    """{decoder layer: (image rows of sample 0, DeepStack features)}: what Qwen3-VL's text model adds after its first
+    layers (docs/ALGORITHM.md §4.4), for the oracle."""
+    import torch
+
+    rows = torch.nonzero(inputs["input_ids"][0] == model.config.image_token_id).flatten()
+    out = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
+    return {i: (rows, torch.cat(list(f), dim=0)) for i, f in enumerate(out.deepstack_features)}
+
+
 def case(family: str) -> inv.Case:
+    if family.startswith("qwen3"):  # 32-px tokens: 10 x 12 and 14 x 8 merged grids
+        return inv.Case(family=family, load=lambda attn: load(family, attn),
+                        inputs=lambda proc, images, texts: tiny_inputs(family, proc, images, texts),
+                        embed=_qwen_embed, image_size=(192, 160), other_size=(128, 224), residual=qwen3_deepstack)
     if family.startswith("qwen"):
         return inv.Case(family=family, load=lambda attn: load(family, attn),
                         inputs=lambda proc, images, texts: tiny_inputs(family, proc, images, texts),

@@ -1,8 +1,8 @@
 """The runtime invariants of docs/ALGORITHM.md §7 for every family x registered method x attention backend.
 
-Families: the transformers-native ones (Qwen2.5-VL, Qwen2-VL, LLaVA-1.5, InternVL) on tiny random checkpoints,
-float32 on CPU. DeepSeek-VL2 has its own generate loop and runs the same invariants, also for every method, in
-test_runtime_deepseek_vl2.py. A newly registered method joins this matrix by registering.
+Families: the transformers-native ones (Qwen2.5-VL, Qwen2-VL, Qwen3-VL dense and MoE, LLaVA-1.5, InternVL) on tiny
+random checkpoints, float32 on CPU. DeepSeek-VL2 has its own generate loop and runs the same invariants, also for
+every method, in test_runtime_deepseek_vl2.py. A newly registered method joins this matrix by registering.
 Tolerances: bit-exact where the design promises it (identity at retention 1.0, cut cache content, positions,
 text-only); 1e-5 where two computations differ only in summation order (oracle, batch vs alone, hand-written decode).
 """
@@ -17,7 +17,7 @@ from ivcprune.testing import make_image
 import invariants as inv
 from cases import K, OTHER_PROMPT, PROMPTS, STEPS, case
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava", "internvl")
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "llava", "internvl")
 MATRIX = [(f, m, a) for f in FAMILIES for m in method_names() for a in ("eager", "sdpa")]
 # methods whose retention 1.0 keeps every token; the one ablation without a budget (ivc_removed) is not among them
 

@@ -1,5 +1,6 @@
-"""Runtime invariants of docs/ALGORITHM.md §7 for Qwen3-VL, dense and MoE, on tiny random checkpoints (eager and
-sdpa), DeepStack with K inside and outside its layers, every comparison method, and the video refusal.
+"""Qwen3-VL-specific runtime tests, dense and MoE, on tiny random checkpoints (the docs/ALGORITHM.md §7 invariants of
+every family x method x backend run in test_runtime_matrix.py): the checkpoint itself, several images, DeepStack with K
+inside and outside its layers, the applied IVC rule, the default K, and the video refusal.
 
 The tiny models add DeepStack features after decoder layers 0, 1 and 2 of 4: K = 2 (the matrix) and K = 1 cut the
 sequence before the last DeepStack layer, K = 3 after it.
@@ -9,72 +10,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration
 
 import ivcprune
-from ivcprune.methods import make_method, method_names
-from ivcprune.methods.baseline import BudgetedMethod
-from ivcprune.methods.with_ivc import WithIVC
-from ivcprune.testing import load_processor, make_image, tiny_checkpoint, tiny_inputs
+from ivcprune.testing import make_image, tiny_inputs
 from ivcprune.testing.qwen import image_tokens
 import invariants as inv
 from invariants import Case, greedy
+from cases import K, QWEN3_MAX_PIXELS as MAX_PIXELS, STEPS, case as case_for, load
 
-MAX_PIXELS = 64 * 32 * 32  # up to 64 merged tokens per image
-CLASSES = {"qwen3_vl": Qwen3VLForConditionalGeneration, "qwen3_vl_moe": Qwen3VLMoeForConditionalGeneration}
-K = 2
-STEPS = 4
-_MODELS = {}
-
-
-def load(family, attn):
-    key = (family, attn)
-    if key not in _MODELS:
-        path = tiny_checkpoint(family, max_pixels=MAX_PIXELS)
-        model = CLASSES[family].from_pretrained(path, attn_implementation=attn).eval()
-        _MODELS[key] = (model, load_processor(path))
-    return _MODELS[key]
-
-
-def _features(model, inputs):
-    return model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
-
-
-def qwen3_embed(model, inputs):
-    ids = inputs["input_ids"]
-    vl = model.model
-    emb = vl.get_input_embeddings()(ids)
-    feats = torch.cat(list(_features(model, inputs).pooler_output), dim=0)
-    emb = emb.masked_scatter((ids == model.config.image_token_id)[..., None].expand_as(emb), feats)
-    pos, _ = vl.get_rope_index(ids, mm_token_type_ids=inputs["mm_token_type_ids"],
-                               image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
-    return emb, pos
-
-
-def deepstack(model, inputs):
-    """{decoder layer: (image rows of sample 0, DeepStack features)}, as the text model adds them."""
-    rows = torch.nonzero(inputs["input_ids"][0] == model.config.image_token_id).flatten()
-    per_layer = _features(model, inputs).deepstack_features
-    return {i: (rows, torch.cat(list(f), dim=0)) for i, f in enumerate(per_layer)}
-
-
-def case_for(family):
-    return Case(family=family, load=lambda attn: load(family, attn),
-                inputs=lambda proc, images, texts: tiny_inputs(family, proc, images, texts), embed=qwen3_embed,
-                image_size=(192, 160), other_size=(128, 224), residual=deepstack)
-
-
-MATRIX = [(f, a) for f in CLASSES for a in ("eager", "sdpa")]
+FAMILIES = ("qwen3_vl", "qwen3_vl_moe")
 PROMPT = "Locate the red circle on the left and output the bbox coordinates in JSON format."
-
-
-@pytest.fixture(params=MATRIX, ids=[f"{f}-{a}" for f, a in MATRIX])
-def setup(request):
-    family, attn = request.param
-    case = case_for(family)
-    model, proc = case.load(attn)
-    inputs = case.inputs(proc, make_image(*case.image_size, seed=1), PROMPT)
-    return case, model, proc, inputs
 
 
 def make(retention, layer=K):
@@ -98,37 +43,11 @@ def test_tiny_checkpoint_is_a_qwen3_vl():
     assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
 
 
-def _cache(case, model, proc, inputs):
-    sel = inv.check_cache(model, inputs, make, K, STEPS)
-    assert sel.kept_image_tokens[0] == round(0.5 * sel.image_tokens[0])
-
-
-def _batch(case, model, proc, inputs):
-    images = [make_image(*case.image_size, seed=1), make_image(*case.other_size, seed=2)]
-    inv.check_padded_batch(case, model, proc, make, STEPS, images, [PROMPT, "What is in the picture?"])
-
-
-# docs/ALGORITHM.md §7: identity (7.1), cache lengths and content (7.2-7.3), positions through decode and in a
-# hand-written loop (7.4), oracle (7.5), padded batch (7.6), text-only (7.7), use_cache=False (7.11)
-INVARIANTS = {
-    "identity_bit_exact": lambda case, model, proc, inputs: inv.check_identity(model, inputs, make, STEPS),
-    "cache_lengths_and_content": _cache,
-    "decode_positions_original": lambda case, model, proc, inputs: inv.check_positions(model, inputs, make, K, STEPS),
-    "hand_written_decode": lambda case, model, proc, inputs: inv.check_handwritten_decode(model, inputs, make, STEPS),
-    "oracle": lambda case, model, proc, inputs: inv.check_oracle(case, model, inputs, make, K, STEPS),
-    "padded_batch_equals_alone": _batch,
-    "text_only_untouched": lambda case, model, proc, inputs: inv.check_text_only(case, model, proc, make, STEPS),
-    "use_cache_false": lambda case, model, proc, inputs: inv.check_use_cache_false(model, inputs, make),
-}
-
-
-@pytest.mark.parametrize("check", list(INVARIANTS))
-def test_invariant(setup, check):
-    INVARIANTS[check](*setup)
-
-
-def test_several_images_are_budgeted_separately(setup):
-    case, model, proc, inputs = setup
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_several_images_are_budgeted_separately(family, attn):
+    case = case_for(family)
+    model, proc = case.load(attn)
     two = case.inputs(proc, [[make_image(*case.image_size, seed=1), make_image(*case.other_size, seed=2)]], [PROMPT])
     _, _, cache, trace = greedy(model, two, STEPS, make(None))
     sel = trace.selections[-1]
@@ -144,7 +63,7 @@ def test_several_images_are_budgeted_separately(setup):
     assert inv.cache_lengths(cache) == [sel.max_kept + STEPS - 1] * model.config.text_config.num_hidden_layers
 
 
-@pytest.mark.parametrize("family", list(CLASSES))
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("layer", [1, 3])
 def test_deepstack_inside_and_outside_the_cut(family, layer):
     """K = 1 (two DeepStack layers run on the kept rows) and K = 3 (all before the cut, the model's own path)."""
@@ -174,32 +93,6 @@ def test_deepstack_is_not_dropped():
     assert not torch.allclose(without[0][valid], scores[0][0][valid], atol=1e-3)
 
 
-def test_selection_is_deterministic_across_threads_and_backends():
-    for family in CLASSES:
-        case = case_for(family)
-        kept = inv.kept_sets_across(case, make,
-                                    lambda proc: case.inputs(proc, make_image(*case.image_size, seed=1), PROMPT))
-        assert len(kept) == 4 and all(k == kept[0] for k in kept)
-
-
-@pytest.mark.parametrize("family", list(CLASSES))
-@pytest.mark.parametrize("name", [m for m in method_names() if m != "ivcp"])
-def test_every_comparison_method_runs(family, name):
-    model, proc = load(family, "sdpa")
-    images = [make_image(192, 160, seed=1), make_image(128, 224, seed=2)]
-    batch = tiny_inputs(family, proc, images, [PROMPT, "What is in the picture?"])
-    method = make_method(name, None, 0.5)  # each method at its own default layer (K = 0 for pre-LLM ones)
-    seq, _, cache, trace = greedy(model, batch, STEPS, method)
-    sel = trace.selections[-1]
-    assert seq.shape[1] == batch["input_ids"].shape[1] + STEPS
-    assert sel.pruned and all(0 < k < n for k, n in zip(sel.kept_image_tokens, sel.image_tokens))
-    if sel.stages:  # multi-stage (PDrop): each later stage keeps a subset of the one before
-        return
-    if isinstance(method, (BudgetedMethod, WithIVC)):  # the ablations without a budget keep their own share
-        assert sel.kept_image_tokens == [round(0.5 * n) for n in sel.image_tokens]
-    assert inv.cache_lengths(cache) == [sel.max_kept + STEPS - 1] * model.config.text_config.num_hidden_layers
-
-
 def test_applied_ivc_rule_runs_and_differs_from_the_reference():
     model, proc = load("qwen3_vl", "sdpa")
     inputs = tiny_inputs("qwen3_vl", proc, make_image(192, 160, seed=1), PROMPT)
@@ -217,14 +110,14 @@ def test_applied_ivc_rule_runs_and_differs_from_the_reference():
 
 
 def test_default_layer_and_family():
-    for family in CLASSES:
+    for family in FAMILIES:
         model, _ = load(family, "sdpa")
         adapter = ivcprune.models.get_adapter(model)
         assert adapter.family == family
         assert ivcprune.IVCPrune().resolve_layer(adapter) == 2  # 4 layers: no tuned entry, floor(4 / 2)
     from ivcprune.methods.ivcp.defaults import family_defaults
 
-    for family in CLASSES:
+    for family in FAMILIES:
         table = family_defaults(family)
         # round(N_L * 16 / 28): 2B 28 -> 16, 4B / 8B 36 -> 21, 30B-A3B 48 -> 27, 32B 64 -> 37
         assert [table.default_layer(n) for n in (28, 36, 48, 64)] == [16, 21, 27, 37]

@@ -335,8 +335,9 @@ class PruneRuntime:
             return None
         hidden = output[0] if isinstance(output, tuple) else output
         mask, features = req.residual[layer_idx]
-        if req.layout is not None and mask.shape[1] != hidden.shape[1]:
-            index, real = req.layout
+        if req.rows is not None and mask.shape[1] != hidden.shape[1]:
+            # the current compact layout: absolute position of each row and its real-row mask (latest stage)
+            index, real = req.rows, (req.stage_real[-1] if req.stage_real else req.extras["real"])
             mask = mask.to(index.device)
             row = (mask.flatten().cumsum(0) - 1).view(mask.shape)  # row of each masked position in ``features``
             mask = mask.gather(1, index) & real
