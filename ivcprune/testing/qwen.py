@@ -34,12 +34,16 @@ QWEN_SPECIALS = [
 # Renders the same text as the released Qwen2-VL / Qwen2.5-VL templates: default system turn,
 # one <|vision_start|><|image_pad|><|vision_end|> per image item, items in message order.
 # All literal text goes through {{ '...' }} so Jinja's trim_blocks/lstrip_blocks cannot eat newlines.
-QWEN_CHAT_TEMPLATE = (
-    "{% set n_img = namespace(v=0) %}{% set n_vid = namespace(v=0) %}"
-    "{% for m in messages %}"
+# "<SYSTEM>" marks where the default system turn goes (Qwen2/2.5-VL); Qwen3-VL has none there.
+DEFAULT_SYSTEM_TURN = (
     "{% if loop.first and m['role'] != 'system' %}"
     "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
     "{% endif %}"
+)
+CHAT_TEMPLATE_FORMAT = (
+    "{% set n_img = namespace(v=0) %}{% set n_vid = namespace(v=0) %}"
+    "{% for m in messages %}"
+    "<SYSTEM>"
     "{{ '<|im_start|>' + m['role'] + '\\n' }}"
     "{% if m['content'] is string %}{{ m['content'] }}"
     "{% else %}{% for c in m['content'] %}"
@@ -58,6 +62,7 @@ QWEN_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+QWEN_CHAT_TEMPLATE = CHAT_TEMPLATE_FORMAT.replace("<SYSTEM>", DEFAULT_SYSTEM_TURN)
 
 DEFAULTS = {
     "min_pixels": 4 * 28 * 28,

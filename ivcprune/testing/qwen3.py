@@ -13,31 +13,11 @@ from __future__ import annotations
 from ivcprune.models.processor_loading import assemble_processor
 from ivcprune.models.qwen3_vl import interleaved_section
 from .common import text_kwargs
-from .qwen import QWEN_SPECIALS, build_tokenizer, generation_and_info
+from .qwen import CHAT_TEMPLATE_FORMAT, QWEN_SPECIALS, build_tokenizer, generation_and_info
 
-# The released Qwen3-VL Instruct template, restricted to what the tiny models use: an optional system turn (no
-# default one), one <|vision_start|><|image_pad|><|vision_end|> per image item, items in message order.
-QWEN3_VL_CHAT_TEMPLATE = (
-    "{% set n_img = namespace(v=0) %}{% set n_vid = namespace(v=0) %}"
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\\n' }}"
-    "{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' or 'image' in c or 'image_url' in c %}"
-    "{% set n_img.v = n_img.v + 1 %}"
-    "{% if add_vision_id %}{{ 'Picture ' + n_img.v|string + ': ' }}{% endif %}"
-    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif c['type'] == 'video' or 'video' in c %}"
-    "{% set n_vid.v = n_vid.v + 1 %}"
-    "{% if add_vision_id %}{{ 'Video ' + n_vid.v|string + ': ' }}{% endif %}"
-    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
-    "{% elif 'text' in c %}{{ c['text'] }}"
-    "{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+# The released Qwen3-VL Instruct template, restricted to what the tiny models use: Qwen2.5-VL's without the default
+# system turn (an optional one is rendered as given), one <|vision_start|><|image_pad|><|vision_end|> per image item.
+QWEN3_VL_CHAT_TEMPLATE = CHAT_TEMPLATE_FORMAT.replace("<SYSTEM>", "")
 
 DEFAULTS = {
     "min_pixels": 4 * 32 * 32,
