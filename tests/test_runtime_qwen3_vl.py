@@ -132,3 +132,20 @@ def test_video_prompt_raises_under_prune():
         model(input_ids=ids, attention_mask=inputs["attention_mask"])
     with pytest.raises(NotImplementedError, match="video"), ivcprune.prune(model, make(None)):
         model(**inputs, video_grid_thw=torch.tensor([[2, 4, 4]]))
+
+
+@pytest.mark.parametrize("family,cls", [("qwen3_vl", "Qwen3VLModel"), ("qwen3_vl_moe", "Qwen3VLMoeModel")])
+def test_headless_model_classes_are_covered(family, cls):
+    """The ...Model classes (no LM head) get the same adapter: a pruned forward returns the kept rows."""
+    import transformers
+
+    from ivcprune.testing import tiny_checkpoint
+
+    model = getattr(transformers, cls).from_pretrained(tiny_checkpoint(family, max_pixels=MAX_PIXELS)).eval()
+    _, proc = load(family, "sdpa")
+    inputs = tiny_inputs(family, proc, make_image(192, 160, seed=1), PROMPT)
+    assert ivcprune.models.get_adapter(model).family == family
+    with torch.no_grad(), ivcprune.prune(model, make(None, 1)) as trace:
+        out = model(**inputs)
+    sel = trace.selections[-1]
+    assert sel.pruned and out.last_hidden_state.shape[1] == sel.max_kept < inputs["input_ids"].shape[1]
