@@ -70,6 +70,15 @@ def test_registry_entries():
         assert resolve(f"{name}_FastV").pruning["method"] == "fastv"  # a derived comparison variant
 
 
+def test_applied_ivc_rule_from_the_registry():
+    from ivcprune.eval.registry import make_method
+
+    entry = resolve("Qwen3-VL-8B-Instruct_IVCP", sets={"pruning.ivc_rule": "applied"})
+    method = make_method(entry.pruning)
+    assert (method.layer, method.retention, method.ivc_rule) == (21, 0.5, "applied")
+    assert make_method(resolve("Qwen3-VL-8B-Instruct_IVCP").pruning).ivc_rule is None  # the family default
+
+
 def _model(family, name, **kw):
     path = str(tiny_checkpoint(family))
     sets = {"generation.max_new_tokens": 6, "min_pixels": 4 * 32 * 32, "max_pixels": 64 * 32 * 32}
