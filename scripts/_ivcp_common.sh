@@ -3,7 +3,8 @@
 #
 # Environment: LMUData (default ~/LMUData, read by the runner), the family's *_PATH variable (read by the runner
 # through the registry), WORK_DIR (default ./outputs), MODELS and DATASETS (space-separated overrides),
-# BASELINE=1 (also run the unpruned names), PYTHON (interpreter; default the repository's .venv).
+# BASELINE=1 (also run the unpruned names), PYTHON (interpreter; default the repository's .venv), BATCH_SIZE (rows
+# per generate call, passed as --batch-size; unset: the registry's generation.batch_size, else 1).
 # Extra command-line arguments are passed to every runner call, e.g. --limit 20.
 
 IVCP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -57,7 +58,7 @@ ivcp_run_matrix() {
     for data in $datasets; do
       total=$((total + 1))
       echo "[ivcp] ==> $model x $data"
-      "${launcher[@]}" --model "$model" --data "$data" --work-dir "$work" "$@"
+      "${launcher[@]}" --model "$model" --data "$data" --work-dir "$work" ${BATCH_SIZE:+--batch-size "$BATCH_SIZE"} "$@"
       rc=$?
       if [ "$rc" -eq 130 ]; then echo "[ivcp] interrupted"; exit 130; fi
       if [ "$rc" -ne 0 ]; then

@@ -21,7 +21,7 @@ import os
 import warnings
 from pathlib import Path
 
-GENERATION_KEYS = ("max_new_tokens",)  # decoding is greedy (HARNESS §1); nothing else is read
+GENERATION_KEYS = ("max_new_tokens", "batch_size")  # decoding is greedy (HARNESS §1); nothing else is read
 _LISTED = 10
 
 
@@ -52,10 +52,13 @@ def check_entry(entry) -> None:
     unknown = sorted(set(gen) - set(GENERATION_KEYS))
     if unknown:
         raise PreflightError(f"{name}: generation.{unknown[0]} is not used (decoding is greedy; the only generation "
-                             f"setting is max_new_tokens), so it would be silently ignored")
+                             f"settings are max_new_tokens and batch_size), so it would be silently ignored")
     if "max_new_tokens" in gen and not (_is_int(gen["max_new_tokens"]) and gen["max_new_tokens"] >= 1):
         raise PreflightError(f"{name}: generation.max_new_tokens must be an integer >= 1, got "
                              f"{gen['max_new_tokens']!r} (0 would make every answer empty)")
+    if "batch_size" in gen and not (_is_int(gen["batch_size"]) and gen["batch_size"] >= 1):
+        raise PreflightError(f"{name}: generation.batch_size must be an integer >= 1 (rows per generate call), got "
+                             f"{gen['batch_size']!r}")
     pruning = entry.pruning
     if pruning is not None:
         if not isinstance(pruning, dict):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ivcprune.eval import dist as distmod
-from ivcprune.eval import efficiency, health, preflight, store
+from ivcprune.eval import batching, efficiency, health, preflight, store
 from ivcprune.eval.registry import Entry, RegistryError, fingerprint, load_registry, parse_set, resolve
 
 HARNESS_MAJOR = 1
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--image-mode", choices=["vlmeval", "raw"], default="vlmeval")
     ap.add_argument("--dist-timeout", type=float, default=10800.0, help="barrier timeout in seconds")
     ap.add_argument("--warmup", type=int, default=2, help="rows per process left out of the timing averages")
+    ap.add_argument("--batch-size", type=int, default=None, metavar="N",
+                    help="rows per generate call, left-padded (default: the registry's generation.batch_size, else 1)")
     ap.add_argument("--verbose", action="store_true", help="print every prompt and response")
     return ap
 
@@ -226,47 +228,58 @@ def plan(pair: Pair, ds, fp: str, reuse: bool) -> tuple[list, list[str]]:
 
 # --------------------------------------------------------------------------------------------- inference
 def infer_rows(pair: Pair, ds, rows: list, slot: ModelSlot, ctx, fp: str, session: str, args) -> int:
-    """Run ``generate`` on this rank's rows; returns the number of rows recorded with an error."""
+    """Run ``generate`` on this rank's rows in batches; returns the number of rows recorded with an error.
+
+    Rows are written one by one as their batch finishes (``ivcprune.eval.batching``: size-sorted windows, one
+    left-padded ``generate`` per batch, per-row misses, a failed batch retried row by row once)."""
     from tqdm import tqdm
 
     by_index = {str(i): k for k, i in enumerate(ds.rows["index"].tolist())}
     n_err = 0
     timed = 0
+    size = batching.batch_size_of(getattr(args, "batch_size", None), pair.entry)
     desc = f"{pair.entry.name} | {pair.stem[len(pair.entry.name) + 1:]}" + (f" | rank {ctx.rank}" if ctx.enabled else "")
     with store.PartWriter(pair.part(ctx.rank)) as writer, \
             tqdm(total=len(rows), desc=desc, unit="row", position=ctx.rank if ctx.enabled else None,
                  file=sys.stderr, dynamic_ncols=True, leave=True) as bar:
-        for idx in rows:
-            row = ds.rows.iloc[by_index[str(idx)]]
-            record = {"index": _jsonable(idx), "prediction": "", "error": None, "stats": {}, "fp": fp,
-                      "rh": row_hashes(ds).get(str(idx))}
-            try:
-                parts = ds.build_prompt(row, pair.entry.family)
-            except Exception as err:  # noqa: BLE001 - BadImage and friends: a counted miss, model not called
-                record["error"] = _bad_image_message(err)
-                parts = None
-            if parts is not None:
-                model = slot.get()
-                if args.verbose:
-                    print(f"[{pair.stem} {idx}] prompt: {_show_parts(parts)}", file=sys.stderr)
+        for window in batching.windows(rows, size):
+            ready = []  # (idx, row, record, parts) of rows whose prompt was built
+            for idx in window:
+                row = ds.rows.iloc[by_index[str(idx)]]
+                record = {"index": _jsonable(idx), "prediction": "", "error": None, "stats": {}, "fp": fp,
+                          "rh": row_hashes(ds).get(str(idx))}
                 try:
-                    text = model.generate(parts, ds)
-                    record["prediction"] = "" if text is None else str(text)
-                    record["stats"] = _row_stats(model, slot, ctx, session, warmup=timed < args.warmup)
-                    frame = _input_size(model, row)
-                    if frame is not None:
-                        record["stats"]["input_size"] = frame
-                    timed += 1
-                except Exception as err:  # noqa: BLE001 - e.g. CUDA OOM: recorded, retried next run
-                    record["error"] = f"{type(err).__name__}: {err}"
-                    _empty_cache()
+                    ready.append((idx, row, record, ds.build_prompt(row, pair.entry.family)))
+                except Exception as err:  # noqa: BLE001 - BadImage and friends: a counted miss, model not called
+                    record["error"] = _bad_image_message(err)
+                    n_err += 1
+                    writer.append(record)
+                    bar.update(1)
+            if not ready:
+                continue
+            model = slot.get()
+            for batch in batching.group(ready, size, key=lambda item: batching.size_key(model, item[3])):
                 if args.verbose:
-                    print(f"[{pair.stem} {idx}] response: {record['prediction']!r}"
-                          + (f" error: {record['error']}" if record["error"] else ""), file=sys.stderr)
-            if record["error"]:
-                n_err += 1
-            writer.append(record)
-            bar.update(1)
+                    for idx, _, _, parts in batch:
+                        print(f"[{pair.stem} {idx}] prompt: {_show_parts(parts)}", file=sys.stderr)
+                warmup = timed < args.warmup
+                outputs = batching.run_batch(model, [item[3] for item in batch], ds)
+                for (idx, row, record, _), out in zip(batch, outputs):
+                    if out.error is None:
+                        record["prediction"] = "" if out.text is None else str(out.text)
+                        record["stats"] = _row_stats(out.stats, model, ctx, session, warmup=warmup)
+                        frame = _input_size(model, row)
+                        if frame is not None:
+                            record["stats"]["input_size"] = frame
+                        timed += 1
+                    else:  # e.g. CUDA OOM even alone: recorded, retried next run
+                        record["error"] = f"{type(out.error).__name__}: {out.error}"
+                        n_err += 1
+                    if args.verbose:
+                        print(f"[{pair.stem} {idx}] response: {record['prediction']!r}"
+                              + (f" error: {record['error']}" if record["error"] else ""), file=sys.stderr)
+                    writer.append(record)
+                    bar.update(1)
     return n_err
 
 
@@ -287,8 +300,8 @@ def _bad_image_message(err: Exception) -> str:
     return f"prompt error: {type(err).__name__}: {text}"
 
 
-def _row_stats(model, slot: ModelSlot, ctx, session: str, warmup: bool) -> dict:
-    stats = dict(getattr(model, "last_stats", None) or {})
+def _row_stats(row_stats: dict, model, ctx, session: str, warmup: bool) -> dict:
+    stats = dict(row_stats or {})
     meta = getattr(model, "meta", None) or {}
     stats.update({k: v for k, v in meta.items() if k not in stats})
     stats.update({"session": session, "warmup": bool(warmup), "world_size": ctx.world_size})
@@ -308,16 +321,6 @@ def _jsonable(v):
 
 def _show_parts(parts) -> str:
     return " + ".join(f"<image {getattr(p, 'size', '?')}>" if kind == "image" else repr(p) for kind, p in parts)
-
-
-def _empty_cache() -> None:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 # --------------------------------------------------------------------------------------------- merge + eval
@@ -415,7 +418,7 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
         ds.check_frame(pair.entry.family, args.force_frame)
         preflight.check_dataset(ds, args.mode)  # columns and answer formats, before any row
         style = pair.entry.get("prompt_style") or PROMPT_STYLES.get(pair.entry.family, pair.entry.family)
-        fp = fingerprint(pair.entry, prompt_style=style, image_mode=args.image_mode,
+        fp = fingerprint(batching.fingerprint_entry(pair.entry), prompt_style=style, image_mode=args.image_mode,
                          dataset_sig=DATASET_SIG, major=HARNESS_MAJOR)
     except Exception as err:  # noqa: BLE001 - DataError, frame guard, ...: this pair fails
         error = _err_text(err)
@@ -543,6 +546,8 @@ def resolve_all(args) -> list[Entry]:
             preflight.check_entry(entry)
         except preflight.PreflightError as err:
             raise Usage(str(err)) from None
+    if args.batch_size is not None and args.batch_size < 1:
+        raise Usage(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0.0 <= args.max_failed_rows <= 1.0:
         raise Usage(f"--max-failed-rows must be a fraction in [0, 1], got {args.max_failed_rows}")
     if args.api_nproc < 1:

@@ -97,8 +97,78 @@ class VLWrapper:
             kwargs["images"] = images
         return self.processor(**kwargs).to(self.device)
 
-    def count_image_tokens(self, inputs) -> int:
-        return int((inputs["input_ids"][0] == self.image_token_id).sum())
+    def count_image_tokens(self, inputs, b: int = 0) -> int:
+        """Image tokens of sample ``b`` of a (padded) batch."""
+        return int((inputs["input_ids"][b] == self.image_token_id).sum())
+
+    # --- batching (issue 13): rows are encoded one by one, then left-padded into one batch -------------------
+    sequence_keys = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
+    def encode(self, parts):
+        """One row's model inputs (a batch of one); an exception here is that row's miss alone."""
+        return self.build_inputs(parts)
+
+    def collate(self, rows: list):
+        """Encoded rows -> one left-padded batch: sequence tensors padded on the left (``pad_token_id`` for the
+        ids, 0 elsewhere), everything else (pixels, grids, image sizes) concatenated along the first axis, as the
+        processor lays out a batch itself."""
+        if len(rows) == 1:
+            return rows[0]
+        import torch
+        from transformers import BatchFeature
+
+        length = max(int(r["input_ids"].shape[1]) for r in rows)
+        out = {}
+        for key in rows[0].keys():
+            values = [r[key] for r in rows]
+            if key in self.sequence_keys:
+                fill = self.pad_token_id if key == "input_ids" else 0
+                padded = []
+                for v in values:
+                    pad = v.new_full((v.shape[0], length - v.shape[1], *v.shape[2:]), fill)
+                    padded.append(torch.cat([pad, v], 1))
+                out[key] = torch.cat(padded, 0)
+            else:
+                out[key] = torch.cat(values, 0)
+        return BatchFeature(out)
+
+    def encoded_length(self, encoded) -> int:
+        """Prompt tokens of one encoded row (what ``encode`` returned)."""
+        return self.prompt_length(encoded)
+
+    def prompt_length(self, inputs, b: int = 0) -> int:
+        """Non-padding prompt tokens of sample ``b``."""
+        mask = inputs.get("attention_mask")
+        return int(mask[b].sum()) if mask is not None else int(inputs["input_ids"].shape[1])
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(self.model.generation_config, "pad_token_id", None)
+        if pad is None:
+            pad = min(self.eos_ids)
+        return int(pad)
+
+    @property
+    def eos_ids(self) -> set[int]:
+        """The ids that end an answer (the generation config's, else the model config's)."""
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = getattr(self.model.config, "eos_token_id", None)
+        if eos is None:
+            return set()
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+    def row_tokens(self, seq):
+        """One sample's new tokens up to and including its first end-of-answer id: what it generates alone
+        (in a batch, a finished sample goes on receiving padding until the longest one ends)."""
+        eos = self.eos_ids
+        ids = seq.tolist()
+        for k, t in enumerate(ids):
+            if int(t) in eos:
+                return seq[:k + 1]
+        return seq
 
     def run_generate(self, inputs, timer: GenTimer):
         """Greedy decoding; the timer stamps the first new token (prefill) and the end."""
@@ -111,31 +181,62 @@ class VLWrapper:
 
     # --- the Model interface -----------------------------------------------------------------------------------
     def generate(self, parts, dataset=None) -> str:
+        """One row: the batch of one of ``generate_batch``; its error is raised, its stats go to ``last_stats``."""
+        out = self.generate_batch([parts], dataset)[0]
+        if out.error is not None:
+            raise out.error
+        self.last_stats = out.stats
+        return out.text
+
+    def generate_batch(self, batch: list, dataset=None) -> list:
+        """Several rows in one left-padded ``generate`` call; one ``RowOutput`` per row, in order.
+
+        Each row is encoded on its own first (a row whose image or prompt cannot be encoded is that row's miss);
+        the rest are padded into one batch. An exception from ``generate`` itself propagates (the runner then
+        retries the rows one by one). Stats are per row: kept tokens and KV bytes of sample b from the selection
+        record, prefill / decode latency of the batch, the batch's decode steps.
+        """
         import torch
 
         from ivcprune import prune
-
+        from ivcprune.eval.batching import RowOutput
         from ivcprune.eval.preflight import check_prompt_length
 
-        inputs = self.build_inputs(parts)
-        prompt_len = int(inputs["input_ids"].shape[1])
-        check_prompt_length(self.model, prompt_len, self.max_new_tokens)  # too long: a counted miss, not run
-        image_tokens = self.count_image_tokens(inputs)
+        outputs: list = [None] * len(batch)
+        encoded, slots = [], []
+        for k, parts in enumerate(batch):
+            try:
+                enc = self.encode(parts)
+                check_prompt_length(self.model, self.encoded_length(enc), self.max_new_tokens)  # too long: a miss
+            except Exception as err:  # noqa: BLE001 - this row alone is a counted miss
+                outputs[k] = RowOutput(error=err)
+                continue
+            encoded.append(enc)
+            slots.append(k)
+        if not encoded:
+            return outputs
+        inputs = self.collate(encoded)
         timer = GenTimer(self.device)
         ctx = prune(self.model, self.method) if self.method is not None else contextlib.nullcontext()
         with torch.inference_mode(), ctx as trace:
             timer.start()
             out = self.run_generate(inputs, timer)
             timer.stop()
-        new = out[0, prompt_len:]
         sel = trace.selections[-1] if (trace is not None and trace.selections) else None
-        self.last_stats = self._stats(sel, image_tokens, prompt_len, timer, int(new.shape[0]))
-        return self._decode(new)
+        length = int(inputs["input_ids"].shape[1])
+        steps = int(out.shape[1]) - length
+        for b, k in enumerate(slots):
+            new = self.row_tokens(out[b, length:])
+            stats = self._stats(sel, self.count_image_tokens(inputs, b), self.prompt_length(inputs, b), timer,
+                                int(new.shape[0]), b)
+            stats["decode_steps"] = steps
+            outputs[k] = RowOutput(text=self._decode(new), stats=stats, tokens=[int(t) for t in new.tolist()])
+        return outputs
 
-    def _stats(self, sel, image_tokens: int, prompt_len: int, timer, new_tokens: int) -> dict:
+    def _stats(self, sel, image_tokens: int, prompt_len: int, timer, new_tokens: int, b: int = 0) -> dict:
         if sel is not None and sel.pruned:
-            kept = int(sel.kept_image_tokens[0])
-            kv_full, kv_kept = int(sel.kv_bytes_full[0]), int(sel.kv_bytes_kept[0])
+            kept = int(sel.kept_image_tokens[b])
+            kv_full, kv_kept = int(sel.kv_bytes_full[b]), int(sel.kv_bytes_kept[b])
             selection_ms = float(sel.selection_ms)
         else:
             kept = image_tokens

@@ -55,8 +55,22 @@ class DeepseekVL2Wrapper(VLWrapper):
         return "".join(pieces)
 
     def build_inputs(self, parts):
+        return self.collate([self.encode(parts)])
+
+    def encode(self, parts):
+        """One row as the processor's unbatched sample (ids, image mask, tiles, crops, sizes)."""
+        from ivcprune.models.deepseek_vl2.processing import ASSISTANT, USER
+
         images = [value for kind, value in parts if kind == "image"]
-        return self.processor(prompts=self.prompt_text(parts), images=images).to(self.device)
+        conversation = [{"role": USER, "content": self.prompt_text(parts)}, {"role": ASSISTANT, "content": ""}]
+        return self.processor.encode_conversation(conversation, images)
+
+    def encoded_length(self, encoded) -> int:
+        return len(encoded["input_ids"])
+
+    def collate(self, rows: list):
+        """The processor's own batching: ids and masks left-padded, tiles / crops / sizes zero-padded."""
+        return self.processor.batch(rows).to(self.device)
 
     def input_size(self, w: int, h: int) -> tuple[int, int]:
         """(W, H) of the tiled local canvas the processor picks for a w x h image."""
@@ -64,8 +78,8 @@ class DeepseekVL2Wrapper(VLWrapper):
 
         return select_best_resolution((int(w), int(h)), self.processor.candidates)
 
-    def count_image_tokens(self, inputs) -> int:
-        return int(inputs["images_seq_mask"][0].sum())
+    def count_image_tokens(self, inputs, b: int = 0) -> int:
+        return int(inputs["images_seq_mask"][b].sum())
 
     def run_generate(self, inputs, timer):
         """The model's own greedy loop; a forward hook stamps the first-token logits for the prefill time."""
@@ -73,7 +87,7 @@ class DeepseekVL2Wrapper(VLWrapper):
         first = self.model.register_forward_hook(lambda *_: timer.put(None))
         try:
             return self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                       repetition_penalty=1.0)
+                                       repetition_penalty=1.0, eos_token_id=sorted(self.eos_ids))
         finally:
             first.remove()
 

@@ -3,8 +3,10 @@
 Select it from registry YAML with ``loader: ivcprune.eval.wrappers.scripted:load``. Runtime knobs are
 environment variables, so they never change the fingerprint:
 ``IVCP_SCRIPTED_LOG`` (append one line per ``generate`` call), ``IVCP_SCRIPTED_SLEEP`` (seconds per call),
-``IVCP_SCRIPTED_FAIL`` (raise when the prompt text contains this string), ``IVCP_SCRIPTED_LOAD_FAIL`` (fail
-to load), ``IVCP_SCRIPTED_REPLY`` (answer every row with this text, e.g. empty or unresolvable).
+``IVCP_SCRIPTED_FAIL`` (raise when the prompt text contains this string; in a batch the whole call raises, as
+an out-of-memory error would), ``IVCP_SCRIPTED_LOAD_FAIL`` (fail to load), ``IVCP_SCRIPTED_REPLY`` (answer every
+row with this text, e.g. empty or unresolvable), ``IVCP_SCRIPTED_BATCH_LOG`` (append the number of rows of every
+``generate_batch`` call).
 """
 
 from __future__ import annotations
@@ -27,25 +29,37 @@ class ScriptedModel:
         return max(28, round(w / 28) * 28), max(28, round(h / 28) * 28)
 
     def generate(self, parts, dataset) -> str:
-        text = "".join(p for kind, p in parts if kind == "text")
-        images = [p for kind, p in parts if kind == "image"]
-        log = os.environ.get("IVCP_SCRIPTED_LOG")
-        if log:
-            with open(log, "a", encoding="utf-8") as fh:
-                fh.write(text.replace("\n", " ").strip() + "\n")
+        out = self.generate_batch([parts], dataset)[0]
+        self.last_stats = out.stats
+        return out.text
+
+    def generate_batch(self, batch: list, dataset) -> list:
+        """One call for several rows: one log line per row, one sleep per call."""
+        from ivcprune.eval.batching import RowOutput
+
+        texts = ["".join(p for kind, p in parts if kind == "text") for parts in batch]
+        for name, lines in (("IVCP_SCRIPTED_LOG", [t.replace("\n", " ").strip() for t in texts]),
+                            ("IVCP_SCRIPTED_BATCH_LOG", [str(len(batch))])):
+            log = os.environ.get(name)
+            if log:
+                with open(log, "a", encoding="utf-8") as fh:
+                    fh.write("".join(line + "\n" for line in lines))
         fail = os.environ.get("IVCP_SCRIPTED_FAIL")
-        if fail and fail in text:
+        if fail and any(fail in text for text in texts):
             raise RuntimeError(f"scripted failure on {fail!r}")
         time.sleep(float(os.environ.get("IVCP_SCRIPTED_SLEEP", "0") or 0))
-        n_img = sum(max(1, (im.size[0] // 28) * (im.size[1] // 28)) for im in images)
-        kept = int(round(n_img * self.retention))
-        answer = os.environ.get("IVCP_SCRIPTED_REPLY")
-        if answer is None:
-            answer = self._answer(text, images, getattr(dataset, "type", ""))
-        self.last_stats = {"image_tokens": n_img, "kept_tokens": kept, "kv_bytes_full": 1024 * (n_img + 20),
-                           "kv_bytes_kept": 1024 * (kept + 20), "prefill_ms": 1.0, "decode_ms": 2.0,
-                           "new_tokens": 3}
-        return answer
+        outputs = []
+        for parts, text in zip(batch, texts):
+            images = [p for kind, p in parts if kind == "image"]
+            n_img = sum(max(1, (im.size[0] // 28) * (im.size[1] // 28)) for im in images)
+            kept = int(round(n_img * self.retention))
+            answer = os.environ.get("IVCP_SCRIPTED_REPLY")
+            if answer is None:
+                answer = self._answer(text, images, getattr(dataset, "type", ""))
+            stats = {"image_tokens": n_img, "kept_tokens": kept, "kv_bytes_full": 1024 * (n_img + 20),
+                     "kv_bytes_kept": 1024 * (kept + 20), "prefill_ms": 1.0, "decode_ms": 2.0, "new_tokens": 3}
+            outputs.append(RowOutput(text=answer, stats=stats))
+        return outputs
 
     @staticmethod
     def _answer(text: str, images, kind: str) -> str:

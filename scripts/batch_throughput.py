@@ -1,0 +1,180 @@
+"""Evaluation throughput (rows/s) at several batch sizes, measured side by side in one process (issue 13).
+
+Each setting runs the runner's own inference loop (``runner.infer_rows``: TSV row -> image decode and re-encode ->
+prompt -> batched ``generate`` under IVC-Prune -> a fsynced part-file record per row) on the same rows with the same
+loaded model, one thread; the batch sizes are interleaved and their order rotates every round, after one warm-up
+batch per setting. Two models:
+
+* ``demo``: the bundled demo model (the tiny random-weight Qwen2.5-VL of ``ivcprune.testing``) on the demo's
+  synthetic RefCOCO split, K = 2 of 4 layers, retention 0.5;
+* ``demo-fixed``: the same with the end-of-answer ids switched off, so every row decodes ``--max-new-tokens`` (random
+  weights answer with bimodal lengths, a few tokens or the maximum; a trained model answering one format does not);
+* ``bench``: ``ivcp bench``'s Qwen2.5-VL-7B shape on CPU (8 layers, width x0.25: hidden 896, 7 heads / 1 KV head,
+  MLP 4736, vocabulary 152064, 1024 image tokens per row; K = 5 of 8 as the bench scales K = 16 of 28), random
+  weights (which never emit the end-of-answer id), the same synthetic split resized to 1024 image tokens.
+
+Predictions are compared across batch sizes row by row; timings are ratios from one run, never absolute claims.
+
+    .venv/bin/python scripts/batch_throughput.py --models demo,demo-fixed,bench --batch-sizes 1,4,8,16 --out bench/batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+BENCH_SHAPE = dict(layers=8, hidden=896, heads=7, kv_heads=1, intermediate=4736, vocab=152064, image_tokens=1024,
+                   layer=5)
+
+
+def bench_checkpoint(folder: Path) -> Path:
+    """A Qwen2.5-VL checkpoint of the bench shape with the tiny tokenizer and PIL processor (random weights)."""
+    import torch
+    import transformers as tf
+
+    from ivcprune.testing import make_tiny_checkpoint
+
+    pixels = BENCH_SHAPE["image_tokens"] * 28 * 28
+    make_tiny_checkpoint("qwen2_5_vl", folder, layers=BENCH_SHAPE["layers"], hidden=BENCH_SHAPE["hidden"],
+                         heads=BENCH_SHAPE["heads"], kv_heads=BENCH_SHAPE["kv_heads"], min_pixels=pixels,
+                         max_pixels=pixels)
+    config = tf.AutoConfig.from_pretrained(folder)
+    config.text_config.intermediate_size = BENCH_SHAPE["intermediate"]
+    config.text_config.vocab_size = BENCH_SHAPE["vocab"]
+    generation = tf.GenerationConfig.from_pretrained(folder)
+    torch.manual_seed(0)
+    model = tf.Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
+    model.generation_config = generation
+    model.save_pretrained(folder)
+    return folder
+
+
+def setting(name: str, work: Path) -> dict:
+    """Registry entry, checkpoint and pixel budget of one measured model."""
+    from ivcprune.testing import tiny_checkpoint
+
+    if name in ("demo", "demo-fixed"):
+        return {"checkpoint": tiny_checkpoint("qwen2_5_vl"), "layer": 2, "sets": {}}
+    if name == "bench":
+        pixels = BENCH_SHAPE["image_tokens"] * 28 * 28
+        return {"checkpoint": bench_checkpoint(work / "bench-checkpoint"), "layer": BENCH_SHAPE["layer"],
+                "sets": {"min_pixels": pixels, "max_pixels": pixels}}
+    raise SystemExit(f"unknown model {name!r} (demo, bench)")
+
+
+def measure(name: str, args, work: Path) -> dict:
+    from ivcprune.eval import runner
+    from ivcprune.eval.dist import DistContext
+    from ivcprune.eval.registry import resolve
+    from ivcprune.eval.wrappers import load_model
+
+    spec = setting(name, work)
+    sets = {"generation.max_new_tokens": args.max_new_tokens, **spec["sets"]}
+    entry = resolve("Qwen2.5-VL-7B-Instruct_Grounding_IVCP", model_path=str(spec["checkpoint"]),
+                    layer=spec["layer"], retention=0.5, sets=sets)
+    slot = runner.ModelSlot(entry, "cpu")
+    slot.model = load_model(entry, device="cpu")
+    if name.endswith("-fixed"):
+        slot.model.model.generation_config.eos_token_id = None  # every row decodes max_new_tokens
+    ds = runner.open_dataset("RefCOCO_testA_for_qwen25vl", args.rows, "vlmeval")
+    rows = ds.rows["index"].tolist()
+    ctx = DistContext(rank=0, world_size=1)
+
+    def run(size: int, tag: str, rows: list = rows) -> tuple[float, list]:
+        pair = runner.Pair(entry, "RefCOCO_testA_for_qwen25vl", work / f"{name}-{tag}-b{size}", args.rows)
+        opts = SimpleNamespace(batch_size=size, warmup=0, verbose=False)
+        t0 = time.perf_counter()
+        errors = runner.infer_rows(pair, ds, rows, slot, ctx, "fp", "session", opts)
+        wall = time.perf_counter() - t0
+        from ivcprune.eval import store
+
+        records = sorted(store.read_part(pair.part(0)), key=lambda r: str(r["index"]))
+        shutil.rmtree(pair.out_dir)
+        if errors:
+            raise SystemExit(f"{name} batch {size}: {errors} rows failed")
+        return wall, records
+
+    sizes = args.batch_sizes
+    for size in sizes:  # warm-up: one batch per setting, not measured
+        run(size, "warmup", rows[:size])
+    walls = {size: [] for size in sizes}
+    answers = {}
+    for r in range(args.rounds):
+        order = sizes[r % len(sizes):] + sizes[:r % len(sizes)]
+        for size in order:
+            wall, records = run(size, f"r{r}")
+            walls[size].append(wall)
+            answers[size] = [(rec["index"], rec["prediction"], rec["stats"]["kept_tokens"]) for rec in records]
+            print(f"  {name} round {r} batch {size:>2}: {len(rows) / wall:7.2f} rows/s", file=sys.stderr, flush=True)
+    base = answers[sizes[0]]
+    same = {size: answers[size] == base for size in sizes}
+    out = {"rows": len(rows), "layer": spec["layer"], "max_new_tokens": args.max_new_tokens, "settings": {}}
+    for size in sizes:
+        best = min(walls[size])
+        out["settings"][str(size)] = {"rows_per_s": len(rows) / best, "walls_s": [round(w, 3) for w in walls[size]],
+                                      "speedup_vs_first": min(walls[sizes[0]]) / best,
+                                      "predictions_equal_to_first": same[size]}
+    return out
+
+
+def table(results: dict, sizes: list[int]) -> str:
+    lines = ["| model | " + " | ".join(f"batch {s}" for s in sizes) + " | predictions equal |",
+             "|---|" + "---|" * (len(sizes) + 1)]
+    for name, res in results.items():
+        cells = [f"{res['settings'][str(s)]['rows_per_s']:.2f} rows/s ({res['settings'][str(s)]['speedup_vs_first']:.2f}x)"
+                 for s in sizes]
+        equal = all(res["settings"][str(s)]["predictions_equal_to_first"] for s in sizes)
+        lines.append(f"| {name} ({res['rows']} rows) | " + " | ".join(cells) + f" | {'yes' if equal else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="demo,demo-fixed,bench", help="comma list of demo, demo-fixed, bench")
+    ap.add_argument("--batch-sizes", default="1,4,8,16")
+    ap.add_argument("--rows", type=int, default=32, help="rows of the synthetic split (default 32)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best wall per setting counts")
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="folder for throughput.json and throughput.md")
+    args = ap.parse_args(argv)
+    args.batch_sizes = [int(s) for s in args.batch_sizes.split(",")]
+
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the runner's progress bars would drown the measurements
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ivcprune.eval.demo_data import build_demo_lmudata
+
+    work = Path(tempfile.mkdtemp(prefix="ivcp-throughput-"))
+    try:
+        build_demo_lmudata(work / "LMUData", n=args.rows, seed=0)
+        os.environ["LMUData"] = str(work / "LMUData")
+        results = {}
+        for name in args.models.split(","):
+            results[name] = measure(name, args, work)
+        text = table(results, args.batch_sizes)
+        print(f"rows/s end to end (runner loop, IVC-Prune at 0.5, greedy, {args.max_new_tokens} new tokens at most, "
+              f"{args.threads} thread(s), best of {args.rounds} interleaved rounds; speed-up vs batch "
+              f"{args.batch_sizes[0]}):")
+        print(text)
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "throughput.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+            (out / "throughput.md").write_text(text + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
