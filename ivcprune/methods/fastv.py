@@ -37,15 +37,14 @@ class AttentionTap:
         self.registry, self.impl = registry, impl
         local = getattr(registry, "_local_mapping", {})
         self.previous = local.get(impl)
-        if impl in registry:
-            inner = registry[impl]
-        else:  # "eager" is not registered: each model file has its own eager function
-            inner = sys.modules[type(next(iter(targets))).__module__].eager_attention_forward
+        registered = registry[impl] if impl in registry else None
 
         def tapped(module, query, key, value, *args, **kwargs):
             found = targets.get(module)
             if found is not None:
                 runtime.capture(found, (query.detach(), key.detach()))
+            # "eager" is not registered: every model file (the vision tower's too) has its own eager function
+            inner = registered or sys.modules[type(module).__module__].eager_attention_forward
             return inner(module, query, key, value, *args, **kwargs)
 
         self.tapped = tapped
