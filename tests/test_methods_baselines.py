@@ -29,8 +29,9 @@ from invariants import cache_lengths, greedy
 
 K, STEPS = 2, 3
 PROMPT = "Locate the red circle on the left and output the bbox coordinates in JSON format."
-# the methods that select once at layer K (pre-LLM and multi-stage ones: test_methods_comparison.py and the matrix)
-BASELINES = [m for m in method_names() if m != "ivcp" and selects_at(m) == "layer"]
+# the budgeted comparison methods that select once at layer K (pre-LLM and multi-stage ones:
+# test_methods_comparison.py and the matrix; the ivc_removed ablation has no budget: test_pocket_quality.py)
+BASELINES = [m for m in method_names() if m not in ("ivcp", "ivc_removed") and selects_at(m) == "layer"]
 DETERMINISTIC = [m for m in BASELINES if not m.startswith("random")]
 
 
