@@ -71,9 +71,18 @@ def _stop_early(model, outputs: list[RowOutput]) -> int:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_batch_of_8_equals_batch_of_1_row_for_row(family, tmp_path_factory):
-    path = _checkpoint(family, tmp_path_factory)
+    check_batch_equals_alone(family, _checkpoint(family, tmp_path_factory), *FAMILIES[family])
+
+
+def test_deepseek_vl2_small_mla_moe_batch_equals_alone(tmp_path_factory):
+    from ivcprune.models.deepseek_vl2 import make_tiny_deepseek_vl2
+
+    path = str(make_tiny_deepseek_vl2(tmp_path_factory.mktemp("dsvl2_small_batch") / "small", "small", seed=2))
+    check_batch_equals_alone("deepseek_vl2", path, "deepseek_vl2_small", "deepseek_vl2_small_ivcp", 2, {})
+
+
+def check_batch_equals_alone(family: str, path: str, unpruned: str, pruned_name: str, layer: int, sets: dict):
     batch = prompts(family)
-    unpruned, pruned_name, layer, sets = FAMILIES[family]
     for name in (unpruned, pruned_name):
         pruned = name == pruned_name
         model = load_model(resolve(name, model_path=path, layer=layer if pruned else None,
@@ -114,6 +123,17 @@ def test_a_row_the_processor_rejects_is_a_miss_and_its_batch_mates_run():
     assert [o.text for k, o in enumerate(out) if k != 2] == [a.text for a in alone]
     with pytest.raises(type(out[2].error)):
         model.generate(batch[2])
+
+
+def test_text_only_rows_share_a_batch_with_image_rows():
+    model = load_model(resolve("Qwen2.5-VL-7B-Instruct_IVCP", model_path=str(tiny_checkpoint("qwen2_5_vl")),
+                               layer=2, sets={"generation.max_new_tokens": 6}))
+    batch = prompts("qwen2_5_vl")[:3]
+    batch.insert(1, [("text", "Describe a red circle.")])
+    alone = [model.generate_batch([p])[0] for p in batch]
+    together = model.generate_batch(batch)
+    assert [o.tokens for o in together] == [o.tokens for o in alone]
+    assert together[1].stats["image_tokens"] == together[1].stats["kept_tokens"] == 0
 
 
 def test_generate_failure_retries_the_batch_row_by_row_once():

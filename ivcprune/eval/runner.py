@@ -264,6 +264,7 @@ def infer_rows(pair: Pair, ds, rows: list, slot: ModelSlot, ctx, fp: str, sessio
                         print(f"[{pair.stem} {idx}] prompt: {_show_parts(parts)}", file=sys.stderr)
                 warmup = timed < args.warmup
                 outputs = batching.run_batch(model, [item[3] for item in batch], ds)
+                finished = []
                 for (idx, row, record, _), out in zip(batch, outputs):
                     if out.error is None:
                         record["prediction"] = "" if out.text is None else str(out.text)
@@ -278,8 +279,9 @@ def infer_rows(pair: Pair, ds, rows: list, slot: ModelSlot, ctx, fp: str, sessio
                     if args.verbose:
                         print(f"[{pair.stem} {idx}] response: {record['prediction']!r}"
                               + (f" error: {record['error']}" if record["error"] else ""), file=sys.stderr)
-                    writer.append(record)
-                    bar.update(1)
+                    finished.append(record)
+                writer.append_all(finished)  # one line per row, one fsync per batch
+                bar.update(len(finished))
     return n_err
 
 

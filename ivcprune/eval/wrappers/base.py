@@ -119,8 +119,8 @@ class VLWrapper:
 
         length = max(int(r["input_ids"].shape[1]) for r in rows)
         out = {}
-        for key in rows[0].keys():
-            values = [r[key] for r in rows]
+        for key in dict.fromkeys(k for r in rows for k in r.keys()):  # a text-only row has no pixels
+            values = [r[key] for r in rows if key in r]
             if key in self.sequence_keys:
                 fill = self.pad_token_id if key == "input_ids" else 0
                 padded = []
