@@ -111,6 +111,7 @@ class PruneRuntime:
         self._handles.clear()
         self._request = None
         self._decode = None
+        self._step = None
 
     def capture(self, key: str, value) -> None:
         """Store a method-specific capture (e.g. FastV's queries/keys) for the armed prefill."""
