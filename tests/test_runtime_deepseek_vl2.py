@@ -356,3 +356,41 @@ def test_import_ivcprune_stays_light():
     code = ("import sys, ivcprune, ivcprune.models; "
             "assert 'ivcprune.models.deepseek_vl2' not in sys.modules and 'PIL' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ---- every registered method (the DeepSeek-VL2 rows of the runtime matrix) -----------------------------------------
+def _method_matrix():
+    from ivcprune.methods import method_names
+
+    return [(f, n, a) for f in ("tiny", "small") for n in method_names() for a in ("eager", "sdpa")]
+
+
+@pytest.mark.parametrize("flavour,name,attn", _method_matrix())
+def test_every_method_identity_cache_and_batch(load, flavour, name, attn):
+    """Retention 1.0 bit-exact (methods with a budget), per-layer cache lengths P + T - 1, newlines and separator
+    kept, and a padded batch of two images equals each sample alone (kept sets and tokens)."""
+    model, proc = load(flavour, attn)
+    layer = K if ivcprune.make_method(name).selects_at == "layer" else None  # K = 0 and multi-stage: their own
+    make = lambda r: ivcprune.make_method(name, layer, r)  # noqa: E731
+    batch = proc(prompts=PROMPT, images=[image(384, 384, seed=1)])
+    ref = shared_run(flavour, model, batch, pruned=False)
+    if make(1.0).is_identity():
+        same = run(model, batch, prune_with=make(1.0))
+        assert torch.equal(ref.seq, same.seq) and all(torch.equal(a, b) for a, b in zip(ref.logits, same.logits))
+    got = run(model, batch, prune_with=make(0.5))
+    sel = got.trace.last
+    assert sel.pruned and sel.kept_image_tokens[0] < sel.image_tokens[0]
+    assert lengths(got.cache) == [n + STEPS - 1 for n in sel.cache_counts(0)]  # per layer as the stages say
+    im = sel.images[0][0]
+    assert set((get_adapter(model).structural_tokens(im) + im.start).tolist()) <= set(im.kept)
+    if name.startswith("random"):  # seeded by batch position (docs/ALGORITHM.md §9): checked in the matrix
+        return
+    prompts, images = [PROMPT, OTHER], [[image(384, 384, seed=1)], [image(768, 384, seed=3)]]
+    both = run(model, proc(prompts=prompts, images=images), prune_with=make(0.5))
+    width = both.trace.last.prompt_length
+    for b in range(2):
+        alone_inputs = proc(prompts=prompts[b], images=images[b])
+        alone = got if b == 0 else run(model, alone_inputs, prune_with=make(0.5))
+        offset = width - alone_inputs["input_ids"].shape[1]
+        assert [i - offset for i in both.trace.last.kept[b]] == alone.trace.last.kept[0]
+        assert both.seq[b, width:].tolist() == alone.seq[0, alone_inputs["input_ids"].shape[1]:].tolist()
