@@ -24,8 +24,6 @@ from ivcprune.eval import batching, efficiency, health, preflight, store
 from ivcprune.eval.registry import Entry, RegistryError, fingerprint, load_registry, parse_set, resolve
 
 HARNESS_MAJOR = 1
-PROMPT_STYLES = {"qwen2_5_vl": "qwen", "qwen2_vl": "qwen", "deepseek_vl2": "vlmeval", "internvl": "internvl",
-                 "llava": "internvl"}
 
 
 class PairFailed(RuntimeError):
@@ -51,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--retention", type=float, default=None,
                     help="IVCP retention override (adds _r{F} to the name); a comma list runs a sweep")
     ap.add_argument("--method", default=None,
-                    help="comma list of ivcp, fastv, fastv+ivc, random, random+ivc, grid, grid+ivc: runs a sweep")
+                    help="comma list of registered methods (ivcp list methods): runs a sweep (ivcp run / ivcp sweep)")
     ap.add_argument("--layer", type=int, default=None, help="IVCP pruning layer K override (adds _k{K})")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="any other registry override (repeatable; part of the fingerprint)")
@@ -412,6 +410,13 @@ def _print_report(pair: Pair, report) -> None:
 
 
 # --------------------------------------------------------------------------------------------- one pair
+def _family_style(family: str) -> str:
+    """The MCQ prompt style of a known family (its name for a custom family), part of the fingerprint."""
+    from ivcprune.eval.families import family_names, get_family
+
+    return get_family(family).mcq_style if family in family_names() else family
+
+
 def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
     """All ranks call this in step; returns True when the pair succeeded (rank 0's verdict on every rank)."""
     error, ds, fp, todo, lock = None, None, None, [], None
@@ -419,7 +424,7 @@ def run_pair(pair: Pair, slot: ModelSlot, ctx, args, session: str) -> bool:
         ds = open_dataset(pair.dataset, args.limit, args.image_mode)
         ds.check_frame(pair.entry.family, args.force_frame)
         preflight.check_dataset(ds, args.mode)  # columns and answer formats, before any row
-        style = pair.entry.get("prompt_style") or PROMPT_STYLES.get(pair.entry.family, pair.entry.family)
+        style = pair.entry.get("prompt_style") or _family_style(pair.entry.family)
         fp = fingerprint(batching.fingerprint_entry(pair.entry), prompt_style=style, image_mode=args.image_mode,
                          dataset_sig=DATASET_SIG, major=HARNESS_MAJOR)
     except Exception as err:  # noqa: BLE001 - DataError, frame guard, ...: this pair fails
@@ -581,10 +586,6 @@ def check_work_dir(work: Path) -> None:
 
 def cli_main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from ivcprune.eval import sweep
-
-    if sweep.wants_sweep(argv):  # --method, or a comma list of retentions: one runner call per setting
-        return sweep.cli_main(argv)
     args = build_parser().parse_args(argv)
     ctx = None
     try:
