@@ -3,7 +3,7 @@
 #
 # Environment: LMUData (default ~/LMUData, read by the runner), the family's *_PATH variable (read by the runner
 # through the registry), WORK_DIR (default ./outputs), MODELS and DATASETS (space-separated overrides),
-# BASELINE=1 (also run the unpruned names), PYTHON (interpreter; default the repository's .venv), BATCH_SIZE (rows
+# UNPRUNED=1 (also run the unpruned names; BASELINE=1 is the older spelling), PYTHON (interpreter; default the repository's .venv), BATCH_SIZE (rows
 # per generate call, passed as --batch-size; unset: the registry's generation.batch_size, else 1).
 # Extra command-line arguments are passed to every runner call, e.g. --limit 20.
 
@@ -25,7 +25,7 @@ ivcp_gpu_count() {
   fi
 }
 
-ivcp_baselines() {
+ivcp_unpruned_names() {
   # the unpruned registry names: the same entry without the _IVCP / _ivcp suffix
   local m
   for m in "$@"; do echo "${m%_IVCP}" | sed 's/_ivcp$//'; done
@@ -36,9 +36,9 @@ ivcp_run_matrix() {
   local models_default="$1" datasets_default="$2"
   shift 2
   local models="${MODELS:-$models_default}" datasets="${DATASETS:-$datasets_default}"
-  if [ "${BASELINE:-0}" = "1" ]; then
+  if [ "${UNPRUNED:-${BASELINE:-0}}" = "1" ]; then
     # shellcheck disable=SC2086
-    models="$models $(ivcp_baselines $models | tr '\n' ' ')"
+    models="$models $(ivcp_unpruned_names $models | tr '\n' ' ')"
   fi
   local work="${WORK_DIR:-./outputs}"
   local ngpu launcher

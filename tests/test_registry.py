@@ -1,4 +1,4 @@
-"""Model registry: official names, baselines, aliases, checkpoint precedence, errors (docs/HARNESS.md §8)."""
+"""Model registry: official names, unpruned entries, aliases, checkpoint precedence, errors (docs/HARNESS.md §8)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-def test_official_names_and_baselines():
+def test_official_names_and_unpruned_entries():
     names = reg.load_registry()
     for name in OFFICIAL:
         assert name in names and names[name]["pruning"], name
@@ -52,7 +52,7 @@ def test_overrides_name_and_fingerprint():
     base = reg.resolve("Qwen2.5-VL-7B-Instruct_IVCP")
     fp = lambda x: reg.fingerprint(x, prompt_style="qwen", image_mode="vlmeval", dataset_sig="s", major=1)  # noqa: E731
     assert fp(e) != fp(base) and fp(base) == fp(reg.resolve("Qwen2.5-VL-7B-Instruct_IVCP"))
-    with pytest.raises(reg.RegistryError, match="baseline"):
+    with pytest.raises(reg.RegistryError, match="unpruned entry"):
         reg.resolve("Qwen2.5-VL-7B-Instruct", retention=0.3)
     with pytest.raises(reg.RegistryError, match="unknown registry key"):
         reg.resolve("Qwen2.5-VL-7B-Instruct", sets={"max_pixel": 1})
@@ -112,7 +112,7 @@ def test_list_cli(capsys, tmp_path):
     assert "RefCOCO_testA_for_qwen25vl" in out and "MMBench_DEV_EN_V11" in out
 
 
-def test_every_ivcp_entry_registers_its_baseline_method_variants():
+def test_every_ivcp_entry_registers_its_comparison_method_variants():
     from ivcprune.eval.registry import make_method as registry_method
     from ivcprune.methods.fastv import FastV
     from ivcprune.methods.with_ivc import WithIVC

@@ -40,7 +40,7 @@ def test_layout_and_complete_file_skips_inference(s, capsys):
     assert len(calls(s)) == 10
 
 
-def test_baseline_name_and_retention_suffix(s):
+def test_unpruned_name_and_retention_suffix(s):
     assert runner.cli_main(run_args(s, "--retention", "0.25", "--layer", "3", "--limit", "2")) == 0
     assert (s["work"] / "Scripted_IVCP_r0.25_k3" / "Scripted_IVCP_r0.25_k3_POPE_limit2.csv").is_file()
     assert runner.cli_main(run_args(s, "--limit", "2", model="Scripted")) == 0

@@ -1,4 +1,4 @@
-"""Retention sweeps: planning (variant entries, output names, shared baseline) and a real run on the tiny demo."""
+"""Retention sweeps: planning (variant entries, output names, shared unpruned run) and a real run on the tiny demo."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_plan_uses_registry_variants_and_runner_calls(tmp_path):
     by = {(r.method, r.retention): r for r in runs}
     assert by[("ivcp", 0.5)].out_name == f"{MODEL}_IVCP_r0.5_k2"
     assert by[("fastv+ivc", 0.5)].out_name == f"{MODEL}_FastV_IVC_r0.5_k2"
-    assert by[("ivcp", 1.0)].argv == by[("fastv+ivc", 1.0)].argv  # one shared unpruned baseline
+    assert by[("ivcp", 1.0)].argv == by[("fastv+ivc", 1.0)].argv  # one shared unpruned run
     assert by[("ivcp", 1.0)].out_name == MODEL and "--layer" not in by[("ivcp", 1.0)].argv
     # the registry builds the method through the shared factory
     method = make_method(reg[f"{MODEL}_FastV_IVC"]["pruning"])

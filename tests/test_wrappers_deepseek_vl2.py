@@ -25,7 +25,7 @@ def _model(ckpt, name, **kw):
 
 
 @pytest.fixture(scope="module")
-def baseline(ckpt):
+def unpruned(ckpt):
     return _model(ckpt, "deepseek_vl2_small")
 
 
@@ -33,37 +33,37 @@ def test_family_has_a_wrapper():
     assert family_status("deepseek_vl2")[0]
 
 
-def test_prompt_is_one_user_turn_image_then_text(baseline):
-    inputs = baseline.build_inputs([("image", make_image(96, 64)), ("text", "Locate <|ref|>the dog<|/ref|> in the "
+def test_prompt_is_one_user_turn_image_then_text(unpruned):
+    inputs = unpruned.build_inputs([("image", make_image(96, 64)), ("text", "Locate <|ref|>the dog<|/ref|> in the "
                                                                             "given image.")])
     ids = inputs["input_ids"][0]
     mask = inputs["images_seq_mask"][0]
-    text = baseline.processor.decode(ids[~mask])
+    text = unpruned.processor.decode(ids[~mask])
     assert text.startswith("<｜begin▁of▁sentence｜><|User|>: \nLocate <|ref|>the dog<|/ref|> in the given image.")
     assert text.endswith("\n\n<|Assistant|>:")
     assert int(mask.sum()) == 421 and inputs["image_sizes"][0, 0].tolist() == [64, 96]  # (height, width)
 
 
-def test_generate_stats_and_greedy(baseline):
+def test_generate_stats_and_greedy(unpruned):
     parts = [("image", make_image(200, 150, seed=3)), ("text", grounding_text("the red circle", "deepseek_vl2"))]
-    text = baseline.generate(parts, None)
-    st = baseline.last_stats
+    text = unpruned.generate(parts, None)
+    st = unpruned.last_stats
     assert isinstance(text, str) and STAT_KEYS <= set(st)
     assert st["image_tokens"] == st["kept_tokens"] == 421  # 200x150 -> one 384 tile
-    cfg = baseline.model.config
-    assert baseline.kv_per_token == 3 * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4  # MLA latent + k_pe, fp32
+    cfg = unpruned.model.config
+    assert unpruned.kv_per_token == 3 * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4  # MLA latent + k_pe, fp32
     assert st["kv_bytes_full"] == st["kv_bytes_kept"] > 0 and 1 <= st["new_tokens"] <= 5
     assert st["prefill_ms"] > 0 and st["decode_ms"] >= 0
-    assert baseline.generate(parts, None) == text
-    assert baseline.meta["dtype"] == "float32" and baseline.meta["attn"] == "sdpa"
-    assert baseline.input_size(1024, 768) == (1152, 768)
+    assert unpruned.generate(parts, None) == text
+    assert unpruned.meta["dtype"] == "float32" and unpruned.meta["attn"] == "sdpa"
+    assert unpruned.input_size(1024, 768) == (1152, 768)
 
 
-def test_decode_keeps_grounding_tags_and_boxes_map_on_999(baseline):
-    tok = baseline.tokenizer
+def test_decode_keeps_grounding_tags_and_boxes_map_on_999(unpruned):
+    tok = unpruned.tokenizer
     ids = tok.encode("<|ref|>the dog<|/ref|><|det|>[[100, 200, 500, 999]]<|/det|>", add_special_tokens=False)
-    ids += [baseline.processor.eos_id, baseline.processor.eos_id]
-    text = baseline._decode(torch.tensor(ids))
+    ids += [unpruned.processor.eos_id, unpruned.processor.eos_id]
+    text = unpruned._decode(torch.tensor(ids))
     assert text == "<|ref|>the dog<|/ref|><|det|>[[100, 200, 500, 999]]<|/det|>"
     assert parse_and_map(text, "deepseek_vl2", 999, 1998) == [100.0, 400.0, 500.0, 1998.0]
 

@@ -68,7 +68,7 @@ class Entry:
 
     def describe(self) -> str:
         p = self.pruning
-        prune = "baseline (no pruning)" if not p else f"{p.get('method', 'ivcp')} K={p.get('layer')} " \
+        prune = "unpruned" if not p else f"{p.get('method', 'ivcp')} K={p.get('layer')} " \
                                                        f"retention={p.get('retention')}"
         return f"{self.name}: {self.family}, {self.checkpoint} ({self.checkpoint_source}), {prune}"
 
@@ -145,7 +145,7 @@ def config_files(extra: list[str] | None = None) -> list[Path]:
 
 
 def load_registry(extra: list[str] | None = None) -> dict[str, dict]:
-    """All names (IVCP entries, their baselines and aliases); later files override earlier ones."""
+    """All names (IVCP entries, their unpruned entries, comparison-method variants and aliases); later files override earlier ones."""
     names: dict[str, dict] = {}
     for f in config_files(extra):
         names.update(_load_file(f))
@@ -209,7 +209,7 @@ def resolve(name: str, *, model_path: str | None = None, retention: float | None
     if retention is not None or layer is not None:
         if not settings.get("pruning"):
             raise RegistryError(f"--retention/--layer apply to pruned (_IVCP/_ivcp) entries only; {name!r} is a "
-                                f"baseline")
+                                f"an unpruned entry")
         if retention is not None:
             if not 0.0 < float(retention) <= 1.0:
                 raise RegistryError(f"--retention must be in (0, 1], got {retention}")
@@ -248,7 +248,7 @@ def fingerprint(entry: Entry, *, prompt_style: str, image_mode: str, dataset_sig
 
 # --------------------------------------------------------------------------------------------- pruning methods
 def make_method(pruning: dict | None):
-    """The pruning method object of a registry ``pruning:`` block, or None for a baseline.
+    """The pruning method object of a registry ``pruning:`` block, or None for an unpruned entry.
 
     ``method`` is a name of ``ivcprune.methods.make_method`` (``ivcp``, ``fastv``, ``random``, ``grid``, each
     also ``+ivc``) or a ``module:callable``; every other key is passed on, so a new method needs no runner change.
@@ -291,7 +291,7 @@ def _print_models(extra: list[str] | None) -> None:
     for name in sorted(reg, key=str.lower):
         s = reg[name]
         p = s.get("pruning")
-        prune = "baseline" if not p else f"K={p.get('layer') or 'default'} r={p.get('retention') or 'default'}"
+        prune = "unpruned" if not p else f"K={p.get('layer') or 'default'} r={p.get('retention') or 'default'}"
         ok, _ = family_status(s["family"], s.get("loader"))
         rows.append((name, s["family"], prune, s.get("checkpoint", ""), s.get("path_env") or "-",
                      "" if ok else "not supported yet"))

@@ -2,7 +2,7 @@
 
 Each (method, retention) is an ordinary runner call on a registry entry, so every setting gets its own output
 folder, fingerprint and resume state. Baselines become registry variants (``<model>_FastV``, ``<model>_Grid_IVC``, ...)
-written to a small YAML file under the work dir; retention 1.0 is the unpruned baseline entry, run once and shared
+written to a small YAML file under the work dir; retention 1.0 is the unpruned entry, run once and shared
 by every method. Afterwards the score files are collected into one table and one plot per dataset.
 """
 
@@ -62,14 +62,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stem_and_pruned(name: str, reg: dict) -> tuple[str, str]:
-    """(baseline name, pruned IVCP entry name) for a model given either way."""
+    """(unpruned entry name, pruned IVCP entry name) for a model given either way."""
     if name not in reg:
         raise RegistryError(f"unknown model {name!r}")
     if reg[name].get("pruning"):
         for suf in PRUNED_SUFFIXES:
             if name.endswith(suf):
                 return name[: -len(suf)], name
-        raise RegistryError(f"{name}: a sweep needs an _IVCP/_ivcp entry (it registers the baseline too)")
+        raise RegistryError(f"{name}: a sweep needs an _IVCP/_ivcp entry (it registers the unpruned entry too)")
     for suf in PRUNED_SUFFIXES:
         if name + suf in reg:
             return name, name + suf
@@ -87,7 +87,7 @@ def plan(args, retentions: list[float], methods: list[str]) -> list[Run]:
         common += ["--model-path", args.model_path]
     runs = []
     for stem, pruned in names:
-        if any(r >= 1.0 for r in retentions):  # identity for every method: the unpruned baseline, once
+        if any(r >= 1.0 for r in retentions):  # identity for every method: the unpruned entry, once
             entry = resolve(stem, model_path=args.model_path, registry=reg)
             runs += [Run(stem, m, 1.0, stem, entry.name, ["--model", stem, *common]) for m in methods]
         for method in methods:
@@ -195,7 +195,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     codes, done = [], {}
     for run in runs:
         key = tuple(run.argv)
-        if key not in done:  # the shared baseline runs once
+        if key not in done:  # the shared unpruned run happens once
             print(f"ivcp run (sweep): {run.method} @ {run.retention:g} -> {run.out_name}", file=sys.stderr)
             done[key] = runner.cli_main([*run.argv, *rest])
         codes.append(done[key])

@@ -26,7 +26,7 @@ import torch
 from ivcprune.core.ranking import rank
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
-from ivcprune.methods.baseline import countable_tokens, unavailable
+from ivcprune.methods.budgeted import countable_tokens, unavailable
 from ivcprune.methods.divprune import scoring_dtype
 from ivcprune.methods.prellm import PreLLMMethod
 from ivcprune.methods.registry import register_method

@@ -24,7 +24,7 @@ import torch
 from ivcprune.core.ranking import rank
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
-from ivcprune.methods.baseline import BudgetedMethod, countable_tokens, unavailable
+from ivcprune.methods.budgeted import BudgetedMethod, countable_tokens, unavailable
 from ivcprune.methods.fastv import CAPTURE_KEY, AttentionTap
 from ivcprune.methods.registry import register_method
 

@@ -1,4 +1,4 @@
-"""FastV baseline: keep the image tokens that receive the most attention at layer K-1 (docs/ALGORITHM.md §9).
+"""FastV (comparison method): keep the image tokens that receive the most attention at layer K-1 (docs/ALGORITHM.md §9).
 
 a[j] = mean_{r in R} mean_h softmax_k(q_{r,h} . k_{k,h} / sqrt(D))[j] over the valid keys k <= r, in float32, from
 the post-RoPE (and post q/k-norm) queries and keys of layer K-1. They are captured by wrapping the attention
@@ -18,7 +18,7 @@ import torch
 from ivcprune.core.ranking import rank
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
-from ivcprune.methods.baseline import BudgetedMethod, countable_tokens
+from ivcprune.methods.budgeted import BudgetedMethod, countable_tokens
 from ivcprune.methods.registry import register_method
 
 CAPTURE_KEY = "fastv_qk"

@@ -1,4 +1,4 @@
-"""Uniform-grid baseline: a spatially even subsample of every image grid (docs/ALGORITHM.md §9).
+"""Uniform-grid comparison method: a spatially even subsample of every image grid (docs/ALGORITHM.md §9).
 
 even(n, m) = {floor((i + 1/2) n / m) : i < m}. The lattice even(H, h') x even(W, w') with h' = round(H sqrt(rho)) and
 w' = round(k / h') is then adjusted to exactly k tokens by dropping or adding tokens at evenly spread raster ranks.
@@ -22,7 +22,7 @@ import torch
 from ivcprune.core.ranking import count
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
-from ivcprune.methods.baseline import BudgetedMethod, structural_tokens, unavailable
+from ivcprune.methods.budgeted import BudgetedMethod, structural_tokens, unavailable
 from ivcprune.methods.registry import register_method
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import PruningMethod, SampleContext, check_retention
-from ivcprune.methods.baseline import structural_tokens
+from ivcprune.methods.budgeted import structural_tokens
 from ivcprune.methods.ivcp.ivc import ivc_sets
 from ivcprune.methods.registry import register_method
 

@@ -24,7 +24,7 @@ import torch
 from ivcprune.core.ranking import count, rank
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext, check_retention
-from ivcprune.methods.baseline import BudgetedMethod, countable_tokens, structural_tokens
+from ivcprune.methods.budgeted import BudgetedMethod, countable_tokens, structural_tokens
 from ivcprune.methods.fastv import CAPTURE_KEY, AttentionTap, attention_received
 from ivcprune.methods.registry import register_method
 

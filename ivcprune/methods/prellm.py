@@ -15,7 +15,7 @@ import torch
 
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
-from ivcprune.methods.baseline import BudgetedMethod
+from ivcprune.methods.budgeted import BudgetedMethod
 
 
 @dataclass

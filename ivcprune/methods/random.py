@@ -1,4 +1,4 @@
-"""Random baseline: k_i image tokens drawn uniformly without replacement (docs/ALGORITHM.md §9).
+"""Random (comparison method): k_i image tokens drawn uniformly without replacement (docs/ALGORITHM.md §9).
 
 The generator is a CPU ``torch.Generator`` seeded from (seed, sample index, image index), so the draw does not
 depend on the device, the backend or the other images of the batch.
@@ -13,7 +13,7 @@ import torch
 
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import SampleContext
-from ivcprune.methods.baseline import BudgetedMethod
+from ivcprune.methods.budgeted import BudgetedMethod
 from ivcprune.methods.registry import register_method
 
 _MIX = 1_000_003

@@ -1,4 +1,4 @@
-"""X + IVC: the family's IVC tokens first, then baseline X fills the same budget (docs/ALGORITHM.md §9).
+"""X + IVC: the family's IVC tokens first, then comparison method X fills the same budget (docs/ALGORITHM.md §9).
 
 Isolates what the implicit visual coordinates add to any ranking: sel = IVC u the first max(0, k - |IVC|) tokens
 of X outside IVC (sel = IVC when |IVC| >= k).
@@ -14,7 +14,7 @@ import torch
 
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods.base import PruningMethod, SampleContext
-from ivcprune.methods.baseline import BudgetedMethod, structural_tokens
+from ivcprune.methods.budgeted import BudgetedMethod, structural_tokens
 from ivcprune.methods.ivcp.ivc import ivc_sets
 
 
@@ -23,7 +23,7 @@ class WithIVC(PruningMethod):
 
     def __init__(self, method: BudgetedMethod, ivc_fraction: float | None = None):
         if not isinstance(method, BudgetedMethod):
-            raise TypeError(f"WithIVC wraps a budgeted baseline (FastV, RandomPrune, UniformGrid), got "
+            raise TypeError(f"WithIVC wraps a budgeted comparison method (FastV, RandomPrune, UniformGrid, ...), got "
                             f"{type(method).__name__}")
         if ivc_fraction is not None and not 0.0 <= float(ivc_fraction) <= 1.0:
             raise ValueError(f"ivc_fraction must be in [0, 1], got {ivc_fraction!r}")

@@ -157,15 +157,15 @@ class FamilyAdapter:
         return None
 
     def structural_tokens(self, image: ImageRecord) -> torch.Tensor:
-        """Span-relative tokens every baseline keeps and no budget counts (DeepSeek newlines, separator).
+        """Span-relative tokens every comparison method keeps and no budget counts (DeepSeek newlines, separator).
 
         Default: none, so the budget counts the whole span.
         """
         return torch.empty(0, dtype=torch.long)
 
     def token_grids(self, image: ImageRecord) -> list[tuple[torch.Tensor, int, int]] | None:
-        """The spatial grids of one image for the uniform-grid baseline: (span-relative indices in raster order,
-        rows, cols) each, covering the countable tokens. Default None: the grid baseline derives its grids from
+        """The spatial grids of one image for the uniform-grid method: (span-relative indices in raster order,
+        rows, cols) each, covering the countable tokens. Default None: the grid method derives its grids from
         ``image_groups`` or the recorded grid, as it always did.
         """
         return None

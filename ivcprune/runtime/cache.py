@@ -55,7 +55,7 @@ def cache_length(cache) -> int:
 def analytic_bytes_per_token(text_config, dtype) -> int:
     """Bytes one prompt token occupies in a standard KV cache over all layers: N_L * 2 * H_kv * D * size.
 
-    Used where no live cache exists (use_cache=False, unpruned baselines); MLA and other layouts read the
+    Used where no live cache exists (use_cache=False, unpruned runs); MLA and other layouts read the
     live tensors through :func:`bytes_per_token` instead.
     """
     heads = getattr(text_config, "num_attention_heads", 1)

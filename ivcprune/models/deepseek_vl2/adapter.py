@@ -128,7 +128,7 @@ class DeepseekVL2Adapter(FamilyAdapter):
                 "local": torch.arange(l0, l0 + n_local), "separator": torch.tensor([span.separator - span.start])}
 
     def structural_tokens(self, image: ImageRecord) -> torch.Tensor:
-        """Span-relative newlines (global and local) and the separator: kept by every baseline, never counted."""
+        """Span-relative newlines (global and local) and the separator: kept by every comparison method, never counted."""
         span = image.layout
         return torch.tensor(sorted(span.newline_positions() + [span.separator])) - span.start
 

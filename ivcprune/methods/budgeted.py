@@ -1,11 +1,11 @@
-"""Shared shape of the baselines (docs/ALGORITHM.md §9): same K, per-image budget k_i = round(rho L_i), only the
+"""Shared shape of the budgeted comparison methods (docs/ALGORITHM.md §9): same K, per-image budget k_i = round(rho L_i), only the
 ranking differs.
 
 L_i counts the image's *countable* tokens: the span minus the adapter's ``structural_tokens`` (DeepSeek's newlines
 and separator; none for the other families). Structural tokens are always kept, never ranked and never counted.
 
-A baseline exposes ``fill(ctx, image, exclude, n)`` (its n best countable tokens outside ``exclude``) so that
-``WithIVC`` can put the IVC tokens first and let the baseline fill the rest of the same budget.
+A budgeted method exposes ``fill(ctx, image, exclude, n)`` (its n best countable tokens outside ``exclude``) so that
+``WithIVC`` can put the IVC tokens first and let the method fill the rest of the same budget.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from ivcprune.models.deepseek_vl2.adapter import DeepseekImage, DeepseekVL2Adapt
 DEEPSEEK_SETTINGS = family_defaults("deepseek_vl2")
 
 K = 2
-BASELINES = ["fastv", "random", "grid", "fastv+ivc", "random+ivc", "grid+ivc"]
+COMPARISON = ["fastv", "random", "grid", "fastv+ivc", "random+ivc", "grid+ivc"]
 TILINGS = [(1, 1), (2, 1)]  # (n_w, n_h)
 
 
@@ -82,7 +82,7 @@ def test_split_budget_is_exact():
             assert sum(parts) == k and all(0 <= p <= n for p, n in zip(parts, sizes))
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", COMPARISON)
 @pytest.mark.parametrize("n_w,n_h", TILINGS)
 @pytest.mark.parametrize("rho", [0.3, 0.5])
 def test_structural_kept_and_countable_budget(name, n_w, n_h, rho):
@@ -171,7 +171,7 @@ PROMPT = "<image>\nLocate <|ref|>the red car<|/ref|> in the given image."
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = make_tiny_deepseek_vl2(tmp_path_factory.mktemp("dsvl2_baselines") / "tiny", "tiny", seed=1)
+    path = make_tiny_deepseek_vl2(tmp_path_factory.mktemp("dsvl2_comparison") / "tiny", "tiny", seed=1)
     model = DeepseekVL2ForCausalLM.from_pretrained(path, torch_dtype=torch.float32, attn_implementation="sdpa")
     return model.eval(), DeepseekVL2Processor.from_pretrained(path)
 

@@ -16,7 +16,7 @@ from ivcprune.core.rope import ivc_scores, ivc_select
 from ivcprune.core.selection import ImageRecord
 from ivcprune.methods import make_method, method_names, selects_at
 from ivcprune.methods.base import SampleContext
-from ivcprune.methods.baseline import BudgetedMethod
+from ivcprune.methods.budgeted import BudgetedMethod
 from ivcprune.methods.fastv import attention_received
 from ivcprune.methods.grid import even, lattice
 from ivcprune.methods.random import RandomPrune
@@ -31,8 +31,8 @@ K, STEPS = 2, 3
 PROMPT = "Locate the red circle on the left and output the bbox coordinates in JSON format."
 # the budgeted comparison methods that select once at layer K (pre-LLM and multi-stage ones:
 # test_methods_comparison.py and the matrix; the ivc_removed ablation has no budget: test_pocket_quality.py)
-BASELINES = [m for m in method_names() if m not in ("ivcp", "ivc_removed") and selects_at(m) == "layer"]
-DETERMINISTIC = [m for m in BASELINES if not m.startswith("random")]
+COMPARISON = [m for m in method_names() if m not in ("ivcp", "ivc_removed") and selects_at(m) == "layer"]
+DETERMINISTIC = [m for m in COMPARISON if not m.startswith("random")]
 
 
 # --------------------------------------------------------------------------------------------- hand-made tensors
@@ -161,7 +161,7 @@ def load(attn="sdpa"):
     return _MODELS[attn]
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", COMPARISON)
 def test_cache_lengths_and_budget(name):
     model, proc = load()
     inputs = tiny_inputs("qwen2_5_vl", proc, make_image(168, 140, seed=1), PROMPT)
@@ -178,7 +178,7 @@ def test_cache_lengths_and_budget(name):
     assert sel.method == name
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", COMPARISON)
 def test_identity_at_retention_one(name):
     model, proc = load()
     inputs = tiny_inputs("qwen2_5_vl", proc, make_image(168, 140, seed=1), PROMPT)
@@ -248,7 +248,7 @@ def test_a_family_without_default_budget_needs_an_explicit_retention():
 
 
 @pytest.mark.parametrize("name", ["fastv", "grid+ivc"])
-def test_baseline_without_budget_on_a_union_family_fails_before_any_work(name):
+def test_comparison_method_without_budget_on_a_union_family_fails_before_any_work(name):
     from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint("llava")).eval()
