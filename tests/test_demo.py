@@ -34,20 +34,35 @@ def test_nothing_configured_detection(tmp_path, monkeypatch):
 
 
 def test_qwen_grounding_script_runs_the_embedded_demo(tmp_path):
-    env = _script_env(tmp_path, IVCP_TINY_CACHE=os.environ.get("IVCP_TINY_CACHE", str(tmp_path / "tiny")))
-    res = subprocess.run(["bash", str(SCRIPTS / "test_ivcp_qwen_grounding.sh")], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=170)
+    """Nothing configured: the script runs `ivcp demo` on the shipped pocket model through the real runner."""
+    env = _script_env(tmp_path)
+    res = subprocess.run(["bash", str(SCRIPTS / "test_ivcp_qwen_grounding.sh"), "--rows", "12", "--seed", "5"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=170)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
-    assert "RANDOM-WEIGHT" in out and "LMUData" in out and "--model-path" in out and "QWEN25VL_7B_PATH" in out
-    assert "Scores (RefCOCO_testA_for_qwen25vl)" in out and "Efficiency:" in out
+    assert "POCKET MODEL" in out and "Qwen2_5_VLForConditionalGeneration" in out and "chance" in out
+    assert "LMUData" in out and "--model-path" in out and "QWEN25VL_7B_PATH" in out
     work = tmp_path / "outputs"
-    for name in ("Qwen2.5-VL-7B-Instruct_Grounding", "Qwen2.5-VL-7B-Instruct_Grounding_IVCP_k2"):
-        score = json.loads((work / name / f"{name}_RefCOCO_testA_for_qwen25vl_score.json").read_text())
-        assert score["number"] == 24 and score["frame_mismatches"] == 0
-    eff = json.loads((work / "Qwen2.5-VL-7B-Instruct_Grounding_IVCP_k2" /
-                      "Qwen2.5-VL-7B-Instruct_Grounding_IVCP_k2_RefCOCO_testA_for_qwen25vl_efficiency.json").read_text())
-    assert 0 < eff["kept_fraction"] < 1 and eff["mean_kv_bytes_saved"] > 0
+    summary = json.loads((work / "demo_summary.json").read_text())
+    assert (summary["rows"], summary["seed"], summary["retention"], summary["layer"]) == (12, 5, 0.5, demo.DEMO_LAYER)
+    assert list(summary["methods"]) == list(demo.METHODS)
+    for key, m in summary["methods"].items():
+        assert set(m) == {"acc@0.5", "ci95", "mean_iou", "kept_fraction", "prefill_ms"}
+        assert m["ci95"][0] <= m["acc@0.5"] <= m["ci95"][1] and m["prefill_ms"] > 0
+        assert key in out
+        expected = {"unpruned": 1.0, "ivc_removed": 0.8}.get(key, 0.5)  # 10 % + 10 % IVC removed, else 50 %
+        assert abs(m["kept_fraction"] - expected) < 0.02, (key, m)
+    name = "Qwen2.5-VL-7B-Instruct_Grounding_IVCP_r0.5_k3"
+    score = json.loads((work / name / f"{name}_RefCOCO_testA_for_qwen25vl_score.json").read_text())
+    assert score["number"] == 12 and score["frame_mismatches"] == 0 and score["parse_failures"] <= 1
+
+
+def test_bootstrap_ci_brackets_the_mean_and_narrows_with_n():
+    wide = demo.bootstrap_ci([1, 0] * 10)
+    narrow = demo.bootstrap_ci([1, 0] * 200)
+    assert wide[0] < 0.5 < wide[1] and narrow[0] < 0.5 < narrow[1]
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 3  # width ~ 1/sqrt(n): sqrt(20) ~ 4.5
+    assert demo.bootstrap_ci([1.0] * 7) == (1.0, 1.0)
 
 
 def test_script_matrix_continues_after_a_failing_pair(tmp_path):
@@ -56,7 +71,7 @@ def test_script_matrix_continues_after_a_failing_pair(tmp_path):
                       MODELS="Broken_IVCP Scripted_IVCP", DATASETS="POPE", BASELINE="1")
     res = subprocess.run(["bash", str(SCRIPTS / "test_ivcp_qwen_generalvqa.sh"), "--model-config", str(s["cfg"]),
                           "--limit", "2"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0  # Broken_IVCP and its baseline fail ...
+    assert res.returncode != 0  # Broken_IVCP and its unpruned entry fail ...
     assert "3 of 4 pair(s) succeeded" not in res.stdout
     assert "2 of 4 pair(s) succeeded" in res.stdout, res.stdout + res.stderr
     for model in ("Scripted_IVCP", "Scripted"):  # ... the scripted pairs still ran

@@ -98,13 +98,13 @@ def chance(scenes: list[dict]) -> float:
     return float(np.mean([1.0 / len(s["objects"]) for s in scenes])) if scenes else 0.0
 
 
-def write_mdetr_source(src: Path, n: int, seed: int) -> tuple[Path, list[dict]]:
+def write_mdetr_source(src: Path, n: int, seed: int, n_objects: tuple[int, int] = (2, 3)) -> tuple[Path, list[dict]]:
     """``n`` scenes (one expression each, scene seeds ``seed * 1_000_003 + i``) as MDETR JSON + JPEGs."""
     img_dir = Path(src) / "train2014"
     img_dir.mkdir(parents=True, exist_ok=True)
     images, annotations, scenes = [], [], []
     for i in range(n):
-        s = scene(seed * 1_000_003 + i)
+        s = scene(seed * 1_000_003 + i, n_objects)
         file_name = f"COCO_train2014_{i + 1:012d}.jpg"
         (img_dir / file_name).write_bytes(s["jpeg"])
         box = s["objects"][s["target"]]["box"]
@@ -119,12 +119,12 @@ def write_mdetr_source(src: Path, n: int, seed: int) -> tuple[Path, list[dict]]:
     return ann, scenes
 
 
-def build_lmudata(root: Path, n: int, seed: int) -> dict:
+def build_lmudata(root: Path, n: int, seed: int, n_objects: tuple[int, int] = (2, 3)) -> dict:
     """Write ``n`` held-out scenes under ``root`` and convert them (standard + ``--qwen25``) into LMUData TSVs."""
     from ivcprune.eval.demo_data import convert_both
 
     root = Path(root)
     src = root / "pocket_source"
-    ann, scenes = write_mdetr_source(src, n, seed)
+    ann, scenes = write_mdetr_source(src, n, seed, n_objects)
     tsv = convert_both(ann, src / "train2014", root)
     return {"root": root, "tsv": tsv, "scenes": scenes, "n_rows": n, "chance": chance(scenes)}

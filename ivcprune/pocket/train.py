@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -33,9 +34,9 @@ def prompt_text(processor, expression: str) -> str:
                                          add_generation_prompt=True, tokenize=False)
 
 
-def encode_batch(processor, scenes: list[dict], with_answer: bool):
-    """input_ids / attention_mask / pixel_values / image_grid_thw (+ labels); right padding for training,
-    left padding for generation."""
+def encode_batch(processor, scenes: list[dict], with_answer: bool, mrope: bool = True):
+    """input_ids / attention_mask / pixel_values / image_grid_thw / mm_token_type_ids (+ labels); right padding for
+    training, left padding for generation. ``mrope=False`` leaves out mm_token_type_ids (1-D text positions)."""
     import torch
 
     from .scenes import answer
@@ -67,44 +68,59 @@ def encode_batch(processor, scenes: list[dict], with_answer: bool):
     grid = pix["image_grid_thw"]
     if int((grid.prod(-1) // 4).sum()) != N_IMAGE_TOKENS * len(scenes):
         raise ValueError(f"unexpected image grid {grid.tolist()}")
+    # mm_token_type_ids (1 on image tokens) as the processor returns it: without it the model cannot compute the
+    # M-RoPE (t, h, w) positions and falls back to 1-D text positions
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
     out = {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pix["pixel_values"],
            "image_grid_thw": grid}
+    if mrope:
+        out["mm_token_type_ids"] = (input_ids == image_id).int()
     if with_answer:
         out["labels"] = lab
     return out
 
 
-def judge(text: str, s: dict) -> tuple[bool, bool]:
-    """(hit the named object, hit some object) at IoU >= 0.5."""
+def judge(text: str, s: dict) -> tuple[bool, bool, float]:
+    """(hit the named object, hit some object) at IoU >= 0.5, and the IoU with the named object."""
     from ivcprune.eval.datasets.grounding import iou, parse_box
 
     from .scenes import xyxy
 
     box = parse_box(text, "qwen2_5_vl")
     if box is None:
-        return False, False
-    hits = [iou(box, xyxy(o["box"])) >= 0.5 for o in s["objects"]]
-    return hits[s["target"]], any(hits)
+        return False, False, 0.0
+    ious = [iou(box, xyxy(o["box"])) for o in s["objects"]]
+    return ious[s["target"]] >= 0.5, any(v >= 0.5 for v in ious), ious[s["target"]]
 
 
-def greedy_eval(model, processor, scenes: list[dict], batch: int = 25) -> dict:
+def greedy_eval(model, processor, scenes: list[dict], batch: int = 25, method=None, mrope: bool = True) -> dict:
+    """Greedy answers for ``scenes`` (left-padded batches), optionally under ``ivcprune.prune(model, method)``."""
+    import contextlib
+
     import torch
+
+    from ivcprune import prune
 
     tok = processor.tokenizer
     correct = any_hit = 0
+    total_iou = 0.0
+    was_training = model.training
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(scenes), batch):
             part = scenes[i:i + batch]
-            enc = encode_batch(processor, part, with_answer=False)
-            out = model.generate(**enc, max_new_tokens=32, do_sample=False)
+            enc = encode_batch(processor, part, with_answer=False, mrope=mrope)
+            with prune(model, method) if method is not None else contextlib.nullcontext():
+                out = model.generate(**enc, max_new_tokens=32, do_sample=False)
             for s, row in zip(part, out[:, enc["input_ids"].shape[1]:]):
-                c, h = judge(tok.decode(row, skip_special_tokens=True), s)
+                c, h, v = judge(tok.decode(row, skip_special_tokens=True), s)
                 correct += c
                 any_hit += h
-    model.train()
+                total_iou += v
+    model.train(was_training)
     n = len(scenes)
-    return {"acc@0.5": correct / n, "hit_any": any_hit / n, "named_share": correct / any_hit if any_hit else 0.0}
+    return {"acc@0.5": correct / n, "hit_any": any_hit / n, "named_share": correct / any_hit if any_hit else 0.0,
+            "mean_iou": total_iou / n}
 
 
 def export(model, processor, gen: dict, folder: Path, card: dict | None = None) -> None:
@@ -142,6 +158,14 @@ def cli_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-seed", type=int, default=99, help="held-out scene seed (the demo uses others)")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (checkpoint + export) after this long")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--objects", type=int, nargs=2, default=[2, 3], metavar=("MIN", "MAX"),
+                    help="objects per scene (default 2 3: referring; 1 1: single-object localization)")
+    ap.add_argument("--stop-step", type=int, default=None,
+                    help="stop (checkpoint + export) after this step, keeping the --steps schedule")
+    ap.add_argument("--text-positions", action="store_true",
+                    help="leave out mm_token_type_ids: 1-D text positions instead of M-RoPE (phases 1-3 of the "
+                         "shipped model were trained so by mistake; only to reproduce them)")
+    ap.add_argument("--init", default=None, help="start from the weights of this ckpt.pt (a fresh optimizer)")
     args = ap.parse_args(argv)
 
     import torch
@@ -164,7 +188,11 @@ def cli_main(argv: list[str] | None = None) -> int:
         opt.load_state_dict(state["opt"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
         print(f"resumed at step {step} ({elapsed / 60:.1f} min trained)", flush=True)
-    held_out = [scene(args.eval_seed * 1_000_003 + i) for i in range(args.eval_n)]
+    elif args.init:
+        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["model"])
+        print(f"initialised from {args.init}", flush=True)
+    objects = tuple(args.objects)
+    held_out = [scene(args.eval_seed * 1_000_003 + i, objects) for i in range(args.eval_n)]
     log = open(out / "log.jsonl", "a")
     t_start = time.perf_counter() - elapsed
     n_params = sum(p.numel() for p in model.parameters())
@@ -175,16 +203,17 @@ def cli_main(argv: list[str] | None = None) -> int:
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                     "elapsed": time.perf_counter() - t_start, "history": history, "args": vars(args)}, tmp)
         os.replace(tmp, ckpt)
-        card = {"command": "ivcp pocket train " + " ".join(argv if argv is not None else []), "args": vars(args),
-                "steps": step, "minutes": (time.perf_counter() - t_start) / 60, "history": history,
-                "parameters": n_params, "arch": ARCH}
+        command = "ivcp pocket train " + " ".join(argv if argv is not None else sys.argv[1:])
+        card = {"command": command, "args": vars(args), "steps": step, "history": history, "parameters": n_params,
+                "minutes": (time.perf_counter() - t_start) / 60, "arch": ARCH}
         export(model, processor, gen, out / "model", card)
 
     bar = tqdm(total=args.steps, initial=step, desc="pocket train", mininterval=10)
     running = None
     while step < args.steps:
-        batch = [scene(TRAIN_SEED_BASE + args.seed * 10**9 + step * args.batch + i) for i in range(args.batch)]
-        enc = encode_batch(processor, batch, with_answer=True)
+        batch = [scene(TRAIN_SEED_BASE + args.seed * 10**9 + step * args.batch + i, objects)
+                 for i in range(args.batch)]
+        enc = encode_batch(processor, batch, with_answer=True, mrope=not args.text_positions)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         loss = model(**enc).loss
@@ -197,9 +226,9 @@ def cli_main(argv: list[str] | None = None) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}")
         minutes = (time.perf_counter() - t_start) / 60
-        stop = args.max_minutes is not None and minutes >= args.max_minutes
+        stop = (args.max_minutes is not None and minutes >= args.max_minutes) or step == args.stop_step
         if step % args.eval_every == 0 or step == args.steps or stop:
-            res = greedy_eval(model, processor, held_out)
+            res = greedy_eval(model, processor, held_out, mrope=not args.text_positions)
             rec = {"step": step, "minutes": round((time.perf_counter() - t_start) / 60, 2), "loss": round(running, 4),
                    **{k: round(v, 4) for k, v in res.items()}}
             history.append(rec)
@@ -208,7 +237,7 @@ def cli_main(argv: list[str] | None = None) -> int:
             tqdm.write(json.dumps(rec))
             save()
         if stop:
-            tqdm.write(f"stopping at --max-minutes {args.max_minutes}")
+            tqdm.write(f"stopping at step {step} (--max-minutes {args.max_minutes}, --stop-step {args.stop_step})")
             break
     bar.close()
     print(f"done: step {step}, exported to {out / 'model'}", flush=True)

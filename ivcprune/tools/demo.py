@@ -1,9 +1,12 @@
 """``ivcp demo``: the embedded default, a complete offline grounding evaluation that needs nothing configured.
 
-It writes a small synthetic RefCOCO split (``ivcprune.eval.demo_data``), builds a tiny random-weight Qwen2.5-VL
-checkpoint (``ivcprune.testing``) and runs the real runner on it, unpruned and with IVC-Prune, so a fresh
-clone shows the whole path (data -> prompts -> generate -> pruning -> scores -> efficiency) in minutes on a CPU.
-The scores are meaningless (random weights); the point is that every piece runs.
+It draws held-out referring scenes of a fresh seed (``ivcprune.pocket.scenes``), converts them with the project's
+own converter into RefCOCO-format TSVs, and evaluates the shipped pocket model (a 1.9 M-parameter stock
+Qwen2.5-VL trained here on such scenes, ``ivcprune/pocket/model``) through the real runner: unpruned, IVC-Prune,
+FastV, FastV+IVC, random, grid and the "IVC tokens removed" ablation, all at K = 3 of 6 layers and 50 % of the
+image tokens. It prints Acc@0.5 with a 95 % bootstrap CI per method, the paired difference to the unpruned model,
+the kept fraction and the prefill speed-up measured side by side in this process, and writes
+``<work-dir>/demo_summary.json``.
 """
 
 from __future__ import annotations
@@ -18,14 +21,30 @@ from pathlib import Path
 PATH_ENV = "QWEN25VL_7B_PATH"
 MODEL = "Qwen2.5-VL-7B-Instruct_Grounding"
 DATASET = "RefCOCO_testA_for_qwen25vl"
-DEMO_LAYER = 2  # the tiny checkpoint has 4 decoder layers; the registry's K=16 is for the 7B model
-DEMO_MAX_NEW_TOKENS = 48
+DEMO_LAYER = 3  # the pocket model has 6 decoder layers: K = 6 // 2, the Qwen default for untuned depths
+RETENTION = 0.5
+DEMO_MAX_NEW_TOKENS = 32  # the pocket answer {"bbox_2d": [x1, y1, x2, y2]} + <|im_end|> is 30 tokens
+# summary key -> (registry entry, method name for make_method; None = unpruned)
+METHODS = {
+    "unpruned": (MODEL, None),
+    "ivcp": (MODEL + "_IVCP", "ivcp"),
+    "fastv": (MODEL + "_FastV", "fastv"),
+    "fastv+ivc": (MODEL + "_FastV_IVC", "fastv+ivc"),
+    "random": (MODEL + "_Random", "random"),
+    "grid": (MODEL + "_Grid", "grid"),
+    "ivc_removed": (MODEL + "_IVCRemoved", "ivc_removed"),
+}
+BOOTSTRAP = 2000
 
 
 def nothing_configured(env=None) -> bool:
     """True when LMUData is unset, ~/LMUData is missing and the model path variable is unset."""
     env = os.environ if env is None else env
     return not env.get("LMUData") and not (Path.home() / "LMUData").is_dir() and not env.get(PATH_ENV)
+
+
+def pocket_model_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "pocket" / "model"
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -35,27 +54,56 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
-def _fmt(v, spec=".4f"):
-    return "n/a" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
+def bootstrap_ci(values, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95 % CI of the mean of ``values`` (rows resampled with replacement)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return (0.0, 0.0)
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(n, v.size))
+    means = v[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def _summary(work: Path, names: list[str], dataset: str) -> str:
-    score_rows, eff_rows = [], []
-    for name in names:
-        stem = work / name / f"{name}_{dataset}"
-        score = json.loads(Path(f"{stem}_score.json").read_text())
-        eff = json.loads(Path(f"{stem}_efficiency.json").read_text())
-        score_rows.append({"model": name, "accuracy": _fmt(score["accuracy"]), "TP": score["TP"],
-                           "number": score["number"], "acc@0.75": _fmt(score["acc@0.75"]),
-                           "mean_iou": _fmt(score["mean_iou"]), "parse_failures": score["parse_failures"]})
-        eff_rows.append({"model": name, "image_tokens": _fmt(eff["mean_image_tokens"], ".1f"),
-                         "kept_tokens": _fmt(eff["mean_kept_tokens"], ".1f"),
-                         "kept_fraction": _fmt(eff["kept_fraction"], ".3f"),
-                         "kv_saved_B": _fmt(eff["mean_kv_bytes_saved"], ".0f"),
-                         "prefill_ms": _fmt(eff["prefill_ms_mean"], ".1f"),
-                         "decode_ms/token": _fmt(eff["decode_ms_per_token"], ".2f"), "rows_timed": eff["rows_timed"]})
-    return ("Scores (" + dataset + "):\n" + _table(score_rows, list(score_rows[0])) + "\n\nEfficiency:\n"
-            + _table(eff_rows, list(eff_rows[0])))
+def side_by_side_prefill(checkpoint: Path, scenes: list[dict], methods: dict, layer: int, retention: float,
+                         rounds: int = 3) -> dict[str, float]:
+    """Median prefill (one forward over the prompt, cache on) per method in ms, methods interleaved per row."""
+    import statistics
+
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from ivcprune import prune
+    from ivcprune.eval.datasets.grounding import grounding_text
+    from ivcprune.methods import make_method
+    from ivcprune.models.processor_loading import load_processor
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    processor = load_processor(checkpoint)
+    objs = {k: (make_method(m, layer, retention) if m else None) for k, m in methods.items()}
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    inputs = []
+    for s in scenes:
+        msgs = [{"role": "user", "content": [{"type": "image"},
+                                             {"type": "text", "text": grounding_text(s["expression"], "qwen2_5_vl")}]}]
+        text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        inputs.append(processor(text=[text], images=[s["image"]], return_tensors="pt"))
+    keys = list(methods)
+    with torch.inference_mode():
+        model(**inputs[0], use_cache=True)  # warm-up
+        for r in range(rounds):
+            for i, inp in enumerate(inputs):
+                order = keys[(i + r) % len(keys):] + keys[:(i + r) % len(keys)]  # rotate who goes first
+                for k in order:
+                    t0 = time.perf_counter()
+                    if objs[k] is None:
+                        model(**inp, use_cache=True)
+                    else:
+                        with prune(model, objs[k]):
+                            model(**inp, use_cache=True)
+                    times[k].append((time.perf_counter() - t0) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 HOW_TO_REAL = f"""\
@@ -68,62 +116,149 @@ To evaluate real weights on real data instead:
 
 
 def _one_thread() -> None:
-    """The tiny model is far faster on one thread; extra threads only spin when CPUs are shared."""
+    """The pocket model is fastest on one thread; extra threads only spin when CPUs are shared."""
     import torch
 
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(1)
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ivcp demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--work-dir", default=os.environ.get("WORK_DIR", "./outputs/demo"),
-                    help="output root (default ./outputs/demo)")
-    ap.add_argument("--data-dir", default=None, help="where the synthetic LMUData goes (default <work-dir>/LMUData)")
-    ap.add_argument("--n", type=int, default=24, help="referring expressions in the synthetic split (default 24)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS)
-    args, extra = ap.parse_known_args(argv)
+def _training(checkpoint: Path) -> dict | None:
+    card = checkpoint / "training.json"
+    return json.loads(card.read_text()) if card.is_file() else None
+
+
+def task_objects(checkpoint: Path) -> tuple[int, int]:
+    """Objects per scene of the task the checkpoint was trained on (its last training phase)."""
+    t = _training(checkpoint)
+    return tuple(t["args"].get("objects", (2, 3))) if t else (2, 3)
+
+
+def task_line(objects: tuple[int, int]) -> str:
+    if objects[1] == 1:
+        return ("Task: single-object localization: one coloured shape per picture, the prompt names it ('the red "
+                "circle'), the answer is its box (random-object chance is 1 by construction: a box must be found).")
+    return (f"Task: referring: {objects[0]}-{objects[1]} coloured shapes per picture, the expression ('the red circle') "
+            "names one, the answer is its box.")
+
+
+def _model_line(checkpoint: Path) -> str:
+    t = _training(checkpoint)
+    if t is None:
+        return f"pocket model at {checkpoint}"
+    a = t["arch"]
+    return (f"stock Qwen2_5_VLForConditionalGeneration, {t['parameters'] / 1e6:.2f} M parameters ({a['layers']} decoder "
+            f"layers, hidden {a['hidden']}, 100 image tokens per 280x280 picture), trained from scratch here on one "
+            f"CPU thread for {t['minutes']:.0f} minutes ({t['steps']} steps x {t['args']['batch']} scenes)")
+
+
+def run_demo(work: Path, data: Path, rows: int, seed: int, max_new_tokens: int, extra: list[str],
+             checkpoint: Path | None = None, timing_rows: int = 8) -> dict:
+    """Build the held-out split, run every method through the runner, return the summary dict."""
+    import pandas as pd
 
     from ivcprune.eval import runner
-    from ivcprune.eval.demo_data import build_demo_lmudata
-    from ivcprune.testing import tiny_checkpoint
+    from ivcprune.eval.registry import resolve
+    from ivcprune.pocket.scenes import build_lmudata
 
-    t0 = time.perf_counter()
-    _one_thread()
-    work = Path(args.work_dir)
-    data = Path(args.data_dir) if args.data_dir else work / "LMUData"
-    print("=" * 100)
-    print("ivcp demo: nothing is configured (no LMUData, no ~/LMUData, no $" + PATH_ENV + "), so this runs the")
-    print("EMBEDDED DEMO: a synthetic RefCOCO-format split made by the project, evaluated with a TINY RANDOM-WEIGHT")
-    print("Qwen2.5-VL checkpoint on the CPU, unpruned and with IVC-Prune. The scores below are meaningless;")
-    print("the demo shows that data -> prompts -> generate -> pruning -> scores -> efficiency all run offline.")
-    print("=" * 100, flush=True)
-    built = build_demo_lmudata(data, n=args.n, seed=args.seed)
-    checkpoint = tiny_checkpoint("qwen2_5_vl")
-    print(f"demo data: {len(built['datasets'])} TSVs, {built['n_rows']} rows under {data}")
-    print(f"demo model: tiny random Qwen2.5-VL at {checkpoint}", flush=True)
+    checkpoint = checkpoint or pocket_model_dir()
+    objects = task_objects(checkpoint)
+    built = build_lmudata(data, n=rows, seed=seed, n_objects=objects)
+    print(f"held-out scenes: {rows} (seed {seed}, {objects[0]}-{objects[1]} objects each) under {data}; "
+          f"random-object chance {built['chance']:.3f}", flush=True)
     common = ["--data", DATASET, "--work-dir", str(work), "--model-path", str(checkpoint),
-              "--set", f"generation.max_new_tokens={args.max_new_tokens}", "--warmup", "1", *extra]
-    old = os.environ.get("LMUData")
+              "--set", f"generation.max_new_tokens={max_new_tokens}", "--warmup", "1", *extra]
+    names, old = {}, os.environ.get("LMUData")
     os.environ["LMUData"] = str(data.absolute())
     try:
-        rc_base = runner.cli_main(["--model", MODEL, *common])
-        rc_ivcp = runner.cli_main(["--model", f"{MODEL}_IVCP", "--layer", str(DEMO_LAYER), *common])
+        for key, (entry, method) in METHODS.items():
+            prune_args = [] if method is None else ["--layer", str(DEMO_LAYER), "--retention", str(RETENTION)]
+            rc = runner.cli_main(["--model", entry, *prune_args, *common])
+            if rc:
+                raise RuntimeError(f"the runner failed for {entry} (exit {rc}); see the messages above")
+            names[key] = resolve(entry, model_path=str(checkpoint), retention=RETENTION if method else None,
+                                 layer=DEMO_LAYER if method else None).name
     finally:
         if old is None:
             os.environ.pop("LMUData", None)
         else:
             os.environ["LMUData"] = old
-    if rc_base or rc_ivcp:
-        print(f"ivcp demo: the runner failed (exit {rc_base or rc_ivcp}); see the messages above", file=sys.stderr)
-        return rc_base or rc_ivcp
+    timing = side_by_side_prefill(checkpoint, built["scenes"][:timing_rows], {k: m for k, (_, m) in METHODS.items()},
+                                  DEMO_LAYER, RETENTION)
+    hits, out = {}, {}
+    for key, name in names.items():
+        stem = work / name / f"{name}_{DATASET}"
+        score = json.loads(Path(f"{stem}_score.json").read_text())
+        eff = json.loads(Path(f"{stem}_efficiency.json").read_text())
+        result = pd.read_csv(f"{stem}_result.csv").sort_values("index")
+        hits[key] = result["hit@0.5"].astype(float).to_numpy()
+        lo, hi = bootstrap_ci(hits[key])
+        out[key] = {"acc@0.5": float(score["accuracy"]), "ci95": [round(lo, 4), round(hi, 4)],
+                    "mean_iou": round(float(score["mean_iou"]), 4),
+                    "kept_fraction": round(float(eff["kept_fraction"] if key != "unpruned" else 1.0), 4),
+                    "prefill_ms": round(timing[key], 3)}
+    paired = {}
+    for key in METHODS:
+        if key == "unpruned":
+            continue
+        diff = hits[key] - hits["unpruned"]
+        lo, hi = bootstrap_ci(diff)
+        paired[key] = {"diff": round(float(diff.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)],
+                       "speedup": round(timing["unpruned"] / timing[key], 3)}
+    return {"rows": rows, "seed": seed, "retention": RETENTION, "layer": DEMO_LAYER, "methods": out,
+            "paired_vs_unpruned": paired, "chance": round(built["chance"], 4), "model": _model_line(checkpoint)}
+
+
+def format_summary(summary: dict) -> str:
+    rows = []
+    for key, m in summary["methods"].items():
+        p = summary["paired_vs_unpruned"].get(key)
+        rows.append({"method": key, "Acc@0.5": f"{m['acc@0.5']:.3f}",
+                     "95% CI": f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]",
+                     "vs unpruned [95% CI]": "-" if p is None else f"{p['diff']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]",
+                     "mIoU": f"{m['mean_iou']:.3f}", "kept": f"{m['kept_fraction']:.2f}",
+                     "prefill ms": f"{m['prefill_ms']:.1f}",
+                     "speed-up": "1.00x" if p is None else f"{p['speedup']:.2f}x"})
+    return _table(rows, list(rows[0]))
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ivcp demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--work-dir", default=os.environ.get("WORK_DIR", "./outputs/demo"),
+                    help="output root (default ./outputs/demo)")
+    ap.add_argument("--data-dir", default=None, help="where the held-out LMUData goes (default <work-dir>/LMUData)")
+    ap.add_argument("--rows", type=int, default=100, help="held-out referring expressions (default 100)")
+    ap.add_argument("--seed", type=int, default=2026, help="scene seed of the held-out split (default 2026)")
+    ap.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS)
+    ap.add_argument("--model-path", default=None, help=argparse.SUPPRESS)  # another pocket checkpoint (tests)
+    args, extra = ap.parse_known_args(argv)
+
+    t0 = time.perf_counter()
+    _one_thread()
+    work = Path(args.work_dir)
+    data = Path(args.data_dir) if args.data_dir else work / "LMUData"
+    checkpoint = Path(args.model_path) if args.model_path else pocket_model_dir()
+    print("=" * 100)
+    print("ivcp demo: nothing is configured (no LMUData, no ~/LMUData, no $" + PATH_ENV + "), so this runs the")
+    print("EMBEDDED DEMO on the POCKET MODEL: " + _model_line(checkpoint) + ".")
+    print(task_line(task_objects(checkpoint)))
+    print("It is a miniature for seeing what pruning does on a CPU, not a general model; numbers do not transfer to")
+    print(f"Qwen2.5-VL-7B. Every method runs through the real runner at K={DEMO_LAYER} of 6 layers, "
+          f"{RETENTION:.0%} of the image tokens.")
+    print("=" * 100, flush=True)
+    try:
+        summary = run_demo(work, data, args.rows, args.seed, args.max_new_tokens, extra, checkpoint)
+    except RuntimeError as err:
+        print(f"ivcp demo: {err}", file=sys.stderr)
+        return 1
+    (work / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     print()
-    print(_summary(work, [MODEL, f"{MODEL}_IVCP_k{DEMO_LAYER}"], DATASET))
-    print()
-    print(f"RANDOM-WEIGHT DEMO MODEL: accuracy near 0 is expected. Outputs: {work.absolute()}")
-    print("The demo's latencies come from a 4-layer toy model whose time is mostly fixed overhead; "
-          "`ivcp bench --quick` measures the prefill speed-up on a real-shaped model.")
+    print(f"Acc@0.5 on {summary['rows']} held-out scenes (seed {summary['seed']}); random-object chance "
+          f"{summary['chance']:.3f}; 95 % CIs by bootstrap over rows ({BOOTSTRAP} resamples), differences paired:")
+    print(format_summary(summary))
+    print("kept = kept share of the image tokens (ivc_removed keeps all but the IVC tokens, whatever the budget);")
+    print("prefill ms = median of one prompt forward, all methods interleaved row by row in this process;")
+    print("speed-up = unpruned / method prefill, measured side by side. Outputs: " + str(work.absolute()))
     print(HOW_TO_REAL)
     print(f"(demo finished in {time.perf_counter() - t0:.1f} s)")
     return 0
