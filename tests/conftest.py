@@ -15,3 +15,14 @@ def _tiny_cache(tmp_path_factory):
         os.environ.pop("IVCP_TINY_CACHE", None)
     else:
         os.environ["IVCP_TINY_CACHE"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker():
+    """Under pytest-xdist each worker takes one core: torch's intra-op pool is set to one thread (tests that compare
+    thread counts set their own)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+    yield

@@ -11,7 +11,7 @@ pytest.importorskip("openai")
 
 from test_judge import KEY, OPTS, FakeAPI, mk  # noqa: E402
 from test_no_silent_results import write_mmstar  # noqa: E402
-from test_runner_support import calls, cli, run_args, setup_env  # noqa: E402
+from test_runner_support import calls, cli, cli_in_process, run_args, setup_env  # noqa: E402
 
 from ivcprune.eval import judge as judge_mod  # noqa: E402
 
@@ -103,12 +103,14 @@ def test_cli_auth_error_on_every_item_fails_the_pair(tmp_path, monkeypatch, api)
     assert "judging was requested but failed for every item sent" in res.stderr
 
 
-def test_cli_bad_judge_args_exit_2_before_any_inference(tmp_path, monkeypatch, api):
+def test_cli_bad_judge_args_exit_2_before_any_inference(tmp_path, monkeypatch, capsys, api):
     s, env = _mmstar_env(tmp_path, monkeypatch, api, reply="A")
+    res = cli(run_args(s, "--judge-args", "{oops", data="MMStar"), env)  # one real subprocess: the CLI's exit code
+    assert res.returncode == 2 and "not valid JSON" in res.stderr, res.stderr
     for bad, msg in [('{"max_token": 16}', "unknown --judge-args key(s) ['max_token']"),
                      ('{"api_base": "localhost:8000"}', "api_base must be an http(s) URL"),
                      ('{"max_tokens": 0}', "max_tokens must be an integer in [1,"),
                      ("{oops", "not valid JSON")]:
-        res = cli(run_args(s, "--judge-args", bad, data="MMStar"), env)
-        assert res.returncode == 2 and msg in res.stderr, (bad, res.stderr)
+        code, err = cli_in_process(run_args(s, "--judge-args", bad, data="MMStar"), env, monkeypatch, capsys)
+        assert code == 2 and msg in err, (bad, err)
     assert calls(s) == [] and api.requests == []

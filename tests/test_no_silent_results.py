@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-from test_runner_support import REPO, calls, cli, predictions, run_args, setup_env
+from test_runner_support import REPO, calls, cli, cli_in_process, predictions, run_args, setup_env
 
 SCORE = "Scripted_IVCP_POPE_score.json"
 
@@ -102,7 +102,10 @@ def test_scripts_report_a_failed_pair(s, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- preflight
-def test_usage_errors_before_anything_loads(s):
+def test_usage_errors_before_anything_loads(s, monkeypatch, capsys):
+    """One case through a real subprocess (the CLI's exit code), the others in-process through the same entry point."""
+    res = cli(run_args(s, "--set", "generation.max_new_tokens=0"), s["env"])
+    assert res.returncode == 2 and "max_new_tokens must be an integer >= 1" in res.stderr, res.stderr
     for extra, msg in [(["--set", "generation.max_new_tokens=0"], "max_new_tokens must be an integer >= 1"),
                        (["--set", "generation.temperature=0.7"], "generation.temperature is not used"),
                        (["--set", "pruning.retention=1.5"], "pruning.retention must be in (0, 1]"),
@@ -111,9 +114,9 @@ def test_usage_errors_before_anything_loads(s):
                        (["--judge-args", '{"temperature": 3}'], "temperature must be in [0, 2]"),
                        (["--judge-args", '{"retry": -1}'], "retry must be an integer in [0, 20]"),
                        (["--max-failed-rows", "2"], "--max-failed-rows must be a fraction")]:
-        res = cli(run_args(s, *extra), s["env"])
-        assert res.returncode == 2, (extra, res.stderr)
-        assert msg in res.stderr, (msg, res.stderr)
+        code, err = cli_in_process(run_args(s, *extra), s["env"], monkeypatch, capsys)
+        assert code == 2, (extra, err)
+        assert msg in err, (msg, err)
     assert calls(s) == [] and not s["work"].exists()
 
 

@@ -77,3 +77,18 @@ def predictions(work: Path, model: str = "Scripted_IVCP", stem: str = "POPE") ->
 def cli(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ivcprune", "run", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, **kw)
+
+
+def cli_in_process(args: list[str], env: dict, monkeypatch, capsys) -> tuple[int, str]:
+    """``ivcp run`` through the same entry point in this interpreter: (exit code, stderr). For checks that end
+    before anything loads, where a fresh interpreter per case would only add its start-up time."""
+    from ivcprune.cli import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    try:
+        code = main(["run", *args])
+    except SystemExit as stop:  # argparse usage errors
+        code = stop.code
+    return int(code or 0), capsys.readouterr().err
