@@ -76,3 +76,12 @@ def test_sweep_runs_the_tiny_demo_and_writes_table_and_plot(tmp_path, monkeypatc
     assert "n/a" not in (out / "sweep.md").read_text()
     assert (out / f"{MODEL}_{DATASET}_sweep.png").stat().st_size > 0
     assert (tmp_path / "out" / f"{MODEL}_Grid_r0.5_k2" / f"{MODEL}_Grid_r0.5_k2_{DATASET}_score.json").is_file()
+
+
+def test_layer_goes_only_to_methods_that_select_at_one_layer(tmp_path):
+    """--layer is K of single-layer methods; K = 0 (divprune) and multi-stage (pdrop) keep their own placement."""
+    runs = sweep.plan(_args(tmp_path), [0.5], ["dart", "divprune", "pdrop+ivc"])
+    by = {r.method: r for r in runs}
+    assert "--layer" in by["dart"].argv and by["dart"].out_name.endswith("_k2")
+    for name in ("divprune", "pdrop+ivc"):
+        assert "--layer" not in by[name].argv and not by[name].out_name.endswith("_k2"), by[name]

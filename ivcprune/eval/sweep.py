@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 from ivcprune.eval.registry import PRUNED_SUFFIXES, RegistryError, comparison_variants, load_registry, resolve
-from ivcprune.methods import method_names
+from ivcprune.methods import make_method, method_names
 
 HEADLINE = ("accuracy", "Overall", "Final Score Norm", "acc")
 
@@ -92,9 +92,11 @@ def plan(args, retentions: list[float], methods: list[str]) -> list[Run]:
             runs += [Run(stem, m, 1.0, stem, entry.name, ["--model", stem, *common]) for m in methods]
         for method in methods:
             name = pruned if method == "ivcp" else stem + comparison_variants()[method]
+            # --layer is K of the methods that select at one layer; K = 0 and multi-stage methods keep their own
+            layer = args.layer if make_method(method).selects_at == "layer" else None
             for r in (r for r in retentions if r < 1.0):
-                entry = resolve(name, model_path=args.model_path, retention=r, layer=args.layer, registry=reg)
-                extra = ["--retention", format(r, "g")] + (["--layer", str(args.layer)] if args.layer else [])
+                entry = resolve(name, model_path=args.model_path, retention=r, layer=layer, registry=reg)
+                extra = ["--retention", format(r, "g")] + (["--layer", str(layer)] if layer else [])
                 runs.append(Run(stem, method, r, name, entry.name, ["--model", name, *extra, *common]))
     return runs
 
