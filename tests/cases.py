@@ -6,9 +6,10 @@ loader, prompt builder and image sizes are written once.
 
 from __future__ import annotations
 
+import pytest
 import transformers
 
-from ivcprune.testing import load_processor, tiny_checkpoint, tiny_inputs
+from ivcprune.testing import load_processor, make_image, tiny_checkpoint, tiny_inputs
 import invariants as inv
 
 K = 2  # of 4 decoder layers
@@ -102,3 +103,13 @@ def case(family: str) -> inv.Case:
                         embed=inv.embed_via_hook, image_size=(112, 84), other_size=(84, 140))
     return inv.Case(family="internvl", load=lambda attn: load("internvl", attn), inputs=internvl_inputs,
                     embed=inv.embed_via_hook, image_size=(112, 84), other_size=(112, 112))
+
+
+def backend_fixture(the_case: inv.Case, prompt: str):
+    """A fixture over eager and sdpa giving (model, processor, inputs of one image of the case's size, seed 1)."""
+    @pytest.fixture(params=["eager", "sdpa"])
+    def setup(request):
+        model, proc = the_case.load(request.param)
+        return model, proc, the_case.inputs(proc, make_image(*the_case.image_size, seed=1), prompt)
+
+    return setup

@@ -26,3 +26,29 @@ def _one_thread_per_worker():
 
         torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture
+def api():
+    """The judge tests' scripted chat-completions server on 127.0.0.1 (test_judge.FakeAPI)."""
+    from test_judge import FakeAPI
+
+    srv = FakeAPI()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def env(monkeypatch, api):
+    """For the judge tests: key set, base pointing at the fake server, tiny backoff, no proxies."""
+    from test_judge import KEY
+
+    from ivcprune.eval import judge as judge_mod
+
+    for var in ("OPENAI_BASE_URL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_BASE", api.url + "/v1")
+    monkeypatch.setattr(judge_mod, "BACKOFF_BASE", 0.01)
+    return monkeypatch

@@ -55,6 +55,8 @@ def test_qwen_grounding_script_runs_the_embedded_demo(tmp_path):
     name = "Qwen2.5-VL-7B-Instruct_Grounding_IVCP_r0.5_k3"
     score = json.loads((work / name / f"{name}_RefCOCO_testA_for_qwen25vl_score.json").read_text())
     assert score["number"] == 12 and score["frame_mismatches"] == 0 and score["parse_failures"] <= 1
+    eff = json.loads((work / name / f"{name}_RefCOCO_testA_for_qwen25vl_efficiency.json").read_text())
+    assert eff["batch_size"] == demo.DEMO_BATCH_SIZE  # the demo batches by default (same predictions as batch 1)
 
 
 def test_bootstrap_ci_brackets_the_mean_and_narrows_with_n():

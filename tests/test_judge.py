@@ -101,25 +101,6 @@ class FakeAPI:
         self.httpd.server_close()
 
 
-@pytest.fixture
-def api():
-    srv = FakeAPI()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def env(monkeypatch, api):
-    """Key set, base pointing at the fake server, tiny backoff, no proxies."""
-    for var in ("OPENAI_BASE_URL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-                "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_API_BASE", api.url + "/v1")
-    monkeypatch.setattr(judge_mod, "BACKOFF_BASE", 0.01)
-    return monkeypatch
-
-
 def mk(tmp_path: Path, name: str | None = None, args=None, nproc: int = 8, cache: str = "c.jsonl") -> Judge:
     return make_judge(name, args, tmp_path / cache, nproc=nproc, dataset="MMStar")
 

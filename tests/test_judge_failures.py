@@ -9,31 +9,12 @@ import pytest
 
 pytest.importorskip("openai")
 
-from test_judge import KEY, OPTS, FakeAPI, mk  # noqa: E402
+from test_judge import KEY, OPTS, mk  # noqa: E402
 from test_no_silent_results import write_mmstar  # noqa: E402
 from test_runner_support import calls, cli, cli_in_process, run_args, setup_env  # noqa: E402
 
-from ivcprune.eval import judge as judge_mod  # noqa: E402
-
 HTML = "<html><body><h1>502 Bad Gateway</h1></body></html>"
 EMPTY_CHOICES = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []})
-
-
-@pytest.fixture
-def api():
-    srv = FakeAPI()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
-def env(monkeypatch, api):
-    for var in ("OPENAI_BASE_URL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_API_BASE", api.url + "/v1")
-    monkeypatch.setattr(judge_mod, "BACKOFF_BASE", 0.01)
-    return monkeypatch
 
 
 def test_every_failure_class_is_counted_with_its_first_example(env, api, tmp_path):

@@ -100,7 +100,7 @@ def _ctx(images, length=40, index=0):
                          adapter=_StubAdapter())
 
 
-def test_random_depends_only_on_seed_sample_and_image_index():
+def test_random_depends_only_on_seed_and_image_index():
     a, b = ImageRecord(start=2, length=20), ImageRecord(start=24, length=10)
     m = RandomPrune(layer=K, retention=0.5, seed=3)
     m.select_image(_ctx([a, b]), a)
@@ -109,7 +109,10 @@ def test_random_depends_only_on_seed_sample_and_image_index():
     assert a.kept == alone.kept and len(a.kept) == 10 and all(2 <= i < 22 for i in a.kept)
     again = ImageRecord(start=2, length=20)
     m.select_image(_ctx([again], index=1), again)
-    assert again.kept != a.kept  # another sample index draws differently
+    assert again.kept == a.kept  # another batch position draws as alone: batch-invariant
+    second = ImageRecord(start=24, length=20)
+    m.select_image(_ctx([ImageRecord(start=2, length=20), second], length=50), second)
+    assert second.kept != [i + 22 for i in a.kept]  # the second image of a sample draws anew
     other = ImageRecord(start=2, length=20)
     RandomPrune(layer=K, retention=0.5, seed=4).select_image(_ctx([other]), other)
     assert other.kept != a.kept

@@ -205,3 +205,31 @@ def test_real_tiny_model_batch_8_equals_batch_1_through_the_runner(family, model
     assert one["ivcp_image_tokens"].nunique() > 1  # rows of several sizes: the batches were padded
     sizes = [json.loads(x)["batch_size"] for x in eight["ivcp_stats"]]
     assert sorted(sizes) == [4] * 4 + [8] * 8
+
+
+@pytest.mark.parametrize("model", ["Qwen2.5-VL-7B-Instruct_Grounding_IVCP", "Qwen2.5-VL-7B-Instruct_Grounding_Random"])
+def test_pocket_model_batch_8_equals_batch_1_through_the_runner(model, tmp_path, monkeypatch):
+    """The bundled pocket model (what `ivcp demo` runs, at its default batch size 8) on held-out pocket scenes at the
+    demo's K and retention: batch 8 writes the same predictions, kept tokens and answer lengths as batch 1, for
+    IVC-Prune and for the random draw (seeded per image, not per batch position)."""
+    from ivcprune.pocket.scenes import build_lmudata
+    from ivcprune.tools.demo import (DEMO_BATCH_SIZE, DEMO_LAYER, DEMO_MAX_NEW_TOKENS, RETENTION, pocket_model_dir,
+                                     task_objects)
+
+    checkpoint = pocket_model_dir()
+    build_lmudata(tmp_path / "LMUData", n=16, seed=11, n_objects=task_objects(checkpoint))
+    monkeypatch.setenv("LMUData", str(tmp_path / "LMUData"))
+    dataset = "RefCOCO_testA_for_qwen25vl"
+    common = ["--model", model, "--data", dataset, "--model-path", str(checkpoint), "--layer", str(DEMO_LAYER),
+              "--retention", str(RETENTION), "--set", f"generation.max_new_tokens={DEMO_MAX_NEW_TOKENS}",
+              "--mode", "infer"]
+    assert runner.cli_main([*common, "--work-dir", str(tmp_path / "b1")]) == 0
+    assert runner.cli_main([*common, "--work-dir", str(tmp_path / "b8"), "--batch-size", str(DEMO_BATCH_SIZE)]) == 0
+    name = resolve(model, model_path=str(checkpoint), layer=DEMO_LAYER, retention=RETENTION).name
+    one = predictions(tmp_path / "b1", model=name, stem=dataset)
+    eight = predictions(tmp_path / "b8", model=name, stem=dataset)
+    cols = ["index", "prediction", "raw_prediction", "ivcp_error", "ivcp_kept_tokens", "ivcp_new_tokens", "ivcp_fp"]
+    assert len(one) == 16 and one[cols].equals(eight[cols])
+    assert one["raw_prediction"].str.contains("bbox_2d").all()  # the trained model answers boxes: a real comparison
+    assert one["prediction"].nunique() > 8
+    assert [json.loads(x)["batch_size"] for x in eight["ivcp_stats"]] == [DEMO_BATCH_SIZE] * 16

@@ -383,8 +383,6 @@ def test_every_method_identity_cache_and_batch(load, flavour, name, attn):
     assert lengths(got.cache) == [n + STEPS - 1 for n in sel.cache_counts(0)]  # per layer as the stages say
     im = sel.images[0][0]
     assert set((get_adapter(model).structural_tokens(im) + im.start).tolist()) <= set(im.kept)
-    if name.startswith("random"):  # seeded by batch position (docs/ALGORITHM.md §9): checked in the matrix
-        return
     prompts, images = [PROMPT, OTHER], [[image(384, 384, seed=1)], [image(768, 384, seed=3)]]
     both = run(model, proc(prompts=prompts, images=images), prune_with=make(0.5))
     width = both.trace.last.prompt_length

@@ -15,7 +15,7 @@ from ivcprune.models.base import RequestInputs
 from ivcprune.testing import make_image, tiny_inputs
 import invariants as inv
 
-from cases import K, PROMPTS, STEPS, case
+from cases import K, PROMPTS, STEPS, backend_fixture, case
 
 CASE = case("internvl")
 PROMPT = PROMPTS["internvl"]
@@ -25,10 +25,7 @@ def make(retention=None):
     return ivcprune.IVCPrune(layer=K, retention=retention)
 
 
-@pytest.fixture(params=["eager", "sdpa"])
-def setup(request):
-    model, proc = CASE.load(request.param)
-    return model, proc, CASE.inputs(proc, make_image(*CASE.image_size, seed=1), PROMPT)
+setup = backend_fixture(CASE, PROMPT)
 
 
 def check_thumb_budget(im, tile_tokens=16):

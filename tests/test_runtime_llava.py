@@ -13,6 +13,7 @@ from transformers import LlavaForConditionalGeneration
 import ivcprune
 from ivcprune.testing import load_processor, make_image, tiny_checkpoint, tiny_inputs
 import invariants as inv
+from cases import backend_fixture
 
 K = 2
 STEPS = 4
@@ -37,10 +38,7 @@ def make(retention=None):
     return ivcprune.IVCPrune(layer=K, retention=retention)
 
 
-@pytest.fixture(params=["eager", "sdpa"])
-def setup(request):
-    model, proc = CASE.load(request.param)
-    return model, proc, CASE.inputs(proc, make_image(*CASE.image_size, seed=1), PROMPT)
+setup = backend_fixture(CASE, PROMPT)
 
 
 def union_size(image):

@@ -134,18 +134,8 @@ def build(family: str, s: dict):
     else:
         vision = dict(vis_common, embed_dim=s["vision_hidden"], hidden_size=s["hidden"], mlp_ratio=2)
         cfg_cls, model_cls, proc_cls = tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor
-    config = cfg_cls(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
-    )
+    config = qwen_config(cfg_cls, text, vision, ids, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"])
     model = model_cls(config)
     image_processor = tf.Qwen2VLImageProcessorPil(
         min_pixels=s["min_pixels"], max_pixels=s["max_pixels"], patch_size=14, merge_size=2, temporal_patch_size=2
@@ -153,6 +143,20 @@ def build(family: str, s: dict):
     # No video processor object: Qwen's needs torchvision and the project feeds still images only.
     processor = assemble_processor(proc_cls, image_processor, tok, QWEN_CHAT_TEMPLATE)
     return (model, processor) + generation_and_info(ids, image_processor, s, "Qwen2VLVideoProcessor", 14)
+
+
+def qwen_config(cfg_cls, text: dict, vision: dict, ids: dict, **extra):
+    """The composite config of any Qwen-VL generation: text and vision parts plus the vision special-token ids."""
+    return cfg_cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+        **extra,
+    )
 
 
 def generation_and_info(ids: dict, image_processor, s: dict, video_processor: str, patch: int) -> tuple[dict, dict]:

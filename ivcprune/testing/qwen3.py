@@ -13,7 +13,7 @@ from __future__ import annotations
 from ivcprune.models.processor_loading import assemble_processor
 from ivcprune.models.qwen3_vl import interleaved_section
 from .common import text_kwargs
-from .qwen import CHAT_TEMPLATE_FORMAT, QWEN_SPECIALS, build_tokenizer, generation_and_info
+from .qwen import CHAT_TEMPLATE_FORMAT, QWEN_SPECIALS, build_tokenizer, generation_and_info, qwen_config
 
 # The released Qwen3-VL Instruct template, restricted to what the tiny models use: Qwen2.5-VL's without the default
 # system turn (an optional one is rendered as given), one <|vision_start|><|image_pad|><|vision_end|> per image item.
@@ -69,15 +69,7 @@ def build(family: str, s: dict):
         cfg_cls, model_cls = tf.Qwen3VLMoeConfig, tf.Qwen3VLMoeForConditionalGeneration
     else:
         cfg_cls, model_cls = tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration
-    config = cfg_cls(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+    config = qwen_config(cfg_cls, text, vision, ids)
     model = model_cls(config)
     image_processor = tf.Qwen2VLImageProcessorPil(
         min_pixels=s["min_pixels"], max_pixels=s["max_pixels"], patch_size=16, merge_size=2, temporal_patch_size=2,
