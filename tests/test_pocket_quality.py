@@ -3,7 +3,7 @@ a fixed scene set equals the value recorded when the model shipped.
 
 A change that keeps every runtime invariant but alters *which* tokens a method keeps shows up here. Acc@0.5 is near
 saturation on this localization model (54-60 of 60 scenes at 50 % retention), so the mean IoU is checked as well: it
-separates the methods far more (0.76 grid, 0.78 random, 0.91-0.92 IVC-Prune / IVC removed, 0.97-0.98 FastV and
+separates the methods far more (0.76 grid, 0.83 random, 0.91-0.92 IVC-Prune / IVC removed, 0.97-0.98 FastV and
 FastV+IVC, 1.00 unpruned; RECORDED). Tolerances: 2 of the 60 scenes for Acc@0.5 (0.034) and 0.03 for mean IoU
 (about two answers moving by a whole object). The evaluation is deterministic on one machine (float32, greedy, fixed
 scenes); the slack is for other CPUs / BLAS builds, where float-level differences can flip a greedy coordinate
@@ -28,7 +28,10 @@ RECORDED = {
     "ivcp": (57 / N_SCENES, 0.9206),
     "fastv": (60 / N_SCENES, 0.9653),
     "fastv+ivc": (60 / N_SCENES, 0.9764),
-    "random": (54 / N_SCENES, 0.7814),
+    # re-recorded when the random draw stopped depending on the batch position (issue 13): the shipped value, 54 and
+    # 0.7814, came from 30 different draws in batches of 30; now every scene draws as alone (55 and 0.8273 at batch
+    # 30 and at batch 1)
+    "random": (55 / N_SCENES, 0.8273),
     "grid": (55 / N_SCENES, 0.7587),
     "ivc_removed": (59 / N_SCENES, 0.9125),
 }
