@@ -89,3 +89,17 @@ def test_scripts_parse_and_name_registered_models(script):
     models = text.split("ivcp_run_matrix \"", 1)[1].split("\"", 1)[0].split()
     names = load_registry()
     assert models and all(m in names for m in models)
+
+
+def test_demo_mode_passes_batch_size_on(tmp_path):
+    """BATCH_SIZE reaches `ivcp demo` as it reaches the runner in the matrix (a recording interpreter stands in)."""
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/usr/bin/env bash\necho \"$@\" > {tmp_path / 'args'}\n")
+    fake.chmod(0o755)
+    for extra, expected in (({}, "-m ivcprune demo --rows 3"),
+                            ({"BATCH_SIZE": "4"}, "-m ivcprune demo --batch-size 4 --rows 3")):
+        env = _script_env(tmp_path, PYTHON=str(fake), **extra)
+        res = subprocess.run(["bash", str(SCRIPTS / "test_ivcp_qwen_grounding.sh"), "--rows", "3"], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert (tmp_path / "args").read_text().strip() == expected
