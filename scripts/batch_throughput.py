@@ -19,7 +19,8 @@ batch per setting. The models:
 
 Predictions are compared across batch sizes row by row; timings are ratios from one run, never absolute claims.
 
-    .venv/bin/python scripts/batch_throughput.py --models pocket,demo,demo-fixed,bench --batch-sizes 1,4,8,16
+    .venv/bin/python scripts/batch_throughput.py --models pocket,demo,demo-fixed,bench --batch-sizes 1,4,8,16 --out DIR
+    .venv/bin/python scripts/batch_throughput.py --plot-from DIR1/throughput.json DIR2/throughput.json --png P.png
 """
 
 from __future__ import annotations
@@ -167,6 +168,41 @@ def table(results: dict, sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
+LABELS = {"pocket": "bundled pocket model", "demo": "tiny random Qwen2.5-VL",
+          "demo-fixed": "tiny random, all answers 16 tokens", "bench": "bench's Qwen2.5-VL-7B shape"}
+
+
+def plot(results: dict, path: Path) -> None:
+    """Speed-up over the first batch size per model (one line each), with the 2x target and, dotted, each model's
+    prefill bound 1 / share (what batching could give at most if the prefill is compute-bound)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, res in results.items():
+        sizes = sorted(int(k) for k in res["settings"])
+        ups = [res["settings"][str(k)]["speedup_vs_first"] for k in sizes]
+        share = res["prefill_share_first"]
+        line, = ax.plot(sizes, ups, marker="o",
+                        label=f"{LABELS.get(name, name)} (prefill {share:.0%} of batch {sizes[0]})")
+        if share > 0.5:
+            ax.axhline(1 / share, color=line.get_color(), ls=":", lw=1,
+                       label=f"its bound if decoding were free: 1 / {share:.2f} = {1 / share:.2f}x")
+    ax.axhline(2.0, color="grey", ls="--", lw=1, label="target at batch 8: 2x")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 2, 4, 8, 16], labels=["1", "2", "4", "8", "16"])
+    ax.set_xlabel("batch size (rows per generate call)")
+    ax.set_ylabel("rows/s relative to batch 1")
+    ax.set_title("End-to-end evaluation throughput, one CPU thread, IVC-Prune at 0.5", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="pocket,demo,demo-fixed,bench",
@@ -177,8 +213,18 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="answer budget (default: 32 for the pocket model, as in the demo; 16 for the others)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="folder for throughput.json and throughput.md")
+    ap.add_argument("--out", default=None, help="folder for throughput.json, throughput.md and throughput.png")
+    ap.add_argument("--plot-from", nargs="+", default=None, metavar="JSON",
+                    help="measure nothing: draw the throughput.json files of earlier runs into one --png")
+    ap.add_argument("--png", default="throughput.png", help="with --plot-from: the picture to write")
     args = ap.parse_args(argv)
+    if args.plot_from:
+        merged = {}
+        for f in args.plot_from:
+            merged.update(json.loads(Path(f).read_text())["results"])
+        plot(merged, Path(args.png))
+        print(f"wrote {args.png}")
+        return 0
     args.batch_sizes = [int(s) for s in args.batch_sizes.split(",")]
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # the runner's progress bars would drown the measurements
@@ -203,6 +249,7 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             (out / "throughput.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
             (out / "throughput.md").write_text(text + "\n")
+            plot(results, out / "throughput.png")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

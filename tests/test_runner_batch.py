@@ -233,3 +233,30 @@ def test_pocket_model_batch_8_equals_batch_1_through_the_runner(model, tmp_path,
     assert one["raw_prediction"].str.contains("bbox_2d").all()  # the trained model answers boxes: a real comparison
     assert one["prediction"].nunique() > 8
     assert [json.loads(x)["batch_size"] for x in eight["ivcp_stats"]] == [DEMO_BATCH_SIZE] * 16
+
+
+def test_throughput_script_draws_earlier_runs_into_one_picture(tmp_path):
+    """scripts/batch_throughput.py --plot-from: the README's picture is drawn from the runs' throughput.json files."""
+    import importlib.util
+
+    from PIL import Image
+
+    from test_runner_support import REPO
+
+    spec = importlib.util.spec_from_file_location("batch_throughput", REPO / "scripts" / "batch_throughput.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def run(share, ups):
+        settings = {str(b): {"speedup_vs_first": u} for b, u in zip((1, 4, 8, 16), ups)}
+        return {"prefill_share_first": share, "settings": settings}
+
+    files = []
+    for name, res in (("one.json", {"pocket": run(0.18, (1, 2.4, 3.4, 4.1))}),
+                      ("two.json", {"bench": run(0.74, (1, 1.05, 0.99, 0.95))})):
+        (tmp_path / name).write_text(json.dumps({"results": res}))
+        files.append(str(tmp_path / name))
+    png = tmp_path / "throughput.png"
+    assert script.main(["--plot-from", *files, "--png", str(png)]) == 0
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 400
