@@ -103,3 +103,9 @@ def test_demo_mode_passes_batch_size_on(tmp_path):
                              cwd=tmp_path, capture_output=True, text=True, timeout=30)
         assert res.returncode == 0, res.stderr
         assert (tmp_path / "args").read_text().strip() == expected
+
+
+def test_demo_refuses_a_batch_size_below_1_before_drawing(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        demo.cli_main(["--batch-size", "0", "--work-dir", str(tmp_path / "w")])
+    assert err.value.code == 2 and not (tmp_path / "w").exists()

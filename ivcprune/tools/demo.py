@@ -239,6 +239,8 @@ def cli_main(argv: list[str] | None = None) -> int:
                          "depend on it)")
     ap.add_argument("--model-path", default=None, help=argparse.SUPPRESS)  # another pocket checkpoint (tests)
     args, extra = ap.parse_known_args(argv)
+    if args.batch_size < 1:
+        ap.error(f"--batch-size must be >= 1, got {args.batch_size}")  # exit 2 before any scene is drawn
 
     t0 = time.perf_counter()
     _one_thread()
