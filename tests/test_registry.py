@@ -124,3 +124,10 @@ def test_every_ivcp_entry_registers_its_comparison_method_variants():
     assert grid_ivc.name == "InternVL3-8B_Grid_IVC_r0.25"
     method = registry_method(grid_ivc.pruning)
     assert isinstance(method, WithIVC) and method.method.retention == 0.25
+
+
+def test_retention_on_an_unpruned_entry_is_refused_in_plain_words():
+    from ivcprune.eval.registry import RegistryError, resolve
+
+    with pytest.raises(RegistryError, match=r"'Qwen2.5-VL-7B-Instruct' is an unpruned entry$"):
+        resolve("Qwen2.5-VL-7B-Instruct", retention=0.5)

@@ -208,7 +208,7 @@ def resolve(name: str, *, model_path: str | None = None, retention: float | None
     out_name = name
     if retention is not None or layer is not None:
         if not settings.get("pruning"):
-            raise RegistryError(f"--retention/--layer apply to pruned (_IVCP/_ivcp) entries only; {name!r} is a "
+            raise RegistryError(f"--retention/--layer apply to pruned (_IVCP/_ivcp) entries only; {name!r} is "
                                 f"an unpruned entry")
         if retention is not None:
             if not 0.0 < float(retention) <= 1.0:
