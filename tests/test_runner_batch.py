@@ -180,6 +180,14 @@ def test_two_ranks_each_batch_their_own_shard(tmp_path, monkeypatch):
     assert predictions(s["work"])[cols].equals(predictions(single)[cols])
 
 
+def batch_1_and(size: int, common: list[str], tmp_path, name: str, dataset: str):
+    """The predictions files of one runner invocation at batch 1 and at ``size`` (same arguments otherwise)."""
+    assert runner.cli_main([*common, "--work-dir", str(tmp_path / "b1")]) == 0
+    assert runner.cli_main([*common, "--work-dir", str(tmp_path / f"b{size}"), "--batch-size", str(size)]) == 0
+    return (predictions(tmp_path / "b1", model=name, stem=dataset),
+            predictions(tmp_path / f"b{size}", model=name, stem=dataset))
+
+
 @pytest.mark.parametrize("family,model", [("qwen2_5_vl", "Qwen2.5-VL-7B-Instruct_Grounding_IVCP"),
                                           ("internvl", "InternVL3-8B_ivcp")])
 def test_real_tiny_model_batch_8_equals_batch_1_through_the_runner(family, model, tmp_path, monkeypatch):
@@ -194,11 +202,7 @@ def test_real_tiny_model_batch_8_equals_batch_1_through_the_runner(family, model
     dataset = "RefCOCO_testA_for_qwen25vl" if family == "qwen2_5_vl" else "RefCOCO_testA"
     common = ["--model", model, "--data", dataset, "--model-path", str(tiny_checkpoint(family)), "--layer", "2",
               "--set", "generation.max_new_tokens=8", "--mode", "infer"]
-    assert runner.cli_main([*common, "--work-dir", str(tmp_path / "b1")]) == 0
-    assert runner.cli_main([*common, "--work-dir", str(tmp_path / "b8"), "--batch-size", "8"]) == 0
-    name = f"{model}_k2"
-    one = predictions(tmp_path / "b1", model=name, stem=dataset)
-    eight = predictions(tmp_path / "b8", model=name, stem=dataset)
+    one, eight = batch_1_and(8, common, tmp_path, f"{model}_k2", dataset)
     cols = ["index", "prediction", "raw_prediction", "ivcp_error", "ivcp_image_tokens", "ivcp_kept_tokens",
             "ivcp_new_tokens", "ivcp_fp"]
     assert one[cols].equals(eight[cols])
@@ -223,11 +227,8 @@ def test_pocket_model_batch_8_equals_batch_1_through_the_runner(model, tmp_path,
     common = ["--model", model, "--data", dataset, "--model-path", str(checkpoint), "--layer", str(DEMO_LAYER),
               "--retention", str(RETENTION), "--set", f"generation.max_new_tokens={DEMO_MAX_NEW_TOKENS}",
               "--mode", "infer"]
-    assert runner.cli_main([*common, "--work-dir", str(tmp_path / "b1")]) == 0
-    assert runner.cli_main([*common, "--work-dir", str(tmp_path / "b8"), "--batch-size", str(DEMO_BATCH_SIZE)]) == 0
     name = resolve(model, model_path=str(checkpoint), layer=DEMO_LAYER, retention=RETENTION).name
-    one = predictions(tmp_path / "b1", model=name, stem=dataset)
-    eight = predictions(tmp_path / "b8", model=name, stem=dataset)
+    one, eight = batch_1_and(DEMO_BATCH_SIZE, common, tmp_path, name, dataset)
     cols = ["index", "prediction", "raw_prediction", "ivcp_error", "ivcp_kept_tokens", "ivcp_new_tokens", "ivcp_fp"]
     assert len(one) == 16 and one[cols].equals(eight[cols])
     assert one["raw_prediction"].str.contains("bbox_2d").all()  # the trained model answers boxes: a real comparison
